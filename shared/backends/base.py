@@ -1,0 +1,661 @@
+"""The backend contract: three primitives every backend implements identically.
+
+* :class:`BlobStore`: named binary values with content type, metadata and ETags.
+* :class:`TableStore`: entities addressed by (partition key, row key), queried in
+  row-key order within a partition, changed atomically in batches of one partition.
+* :class:`QueueStore`: at-least-once messages with visibility timeouts.
+
+Each public method validates its arguments here, once, then calls the backend's
+``_method``. Limits are the strictest of the three clouds, so a value accepted on
+one backend is accepted on all of them and behaves the same way. Backends raise
+only :mod:`shared.errors` exceptions; each maps its SDK's errors in one place.
+
+Values above the per-property or per-message limits are not the primitives'
+business: :mod:`shared.backends.offload` moves them to blobs behind a reference.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from shared.errors import InvalidInput, InvalidKey, NotFound, TooLarge
+
+T = TypeVar("T")
+
+# Limits: the strictest of Azure Storage, AWS and the local store.
+MAX_TABLE_KEY_BYTES = 1024  # PartitionKey/RowKey: 1 KiB in Azure, sort key 1 KiB in DynamoDB
+MAX_PROPERTY_BYTES = 64 * 1024  # one Azure Table property
+MAX_ENTITY_BYTES = 400_000  # one DynamoDB item (Azure allows 1 MiB)
+MAX_PROPERTIES = 200  # Azure allows 252 user properties
+MAX_BATCH_OPERATIONS = 100  # Azure entity group transaction and DynamoDB TransactWriteItems
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BLOB_KEY_BYTES = 1024  # S3 key and Azure blob name
+MAX_METADATA_BYTES = 2 * 1024  # S3 user metadata
+MAX_QUEUE_BODY_BYTES = 48 * 1024  # Azure's 64 KiB after base64
+MAX_RECEIVE_MESSAGES = 32  # Azure; the SQS backend receives in rounds of 10
+MAX_VISIBILITY_TIMEOUT = 12 * 3600  # SQS
+MAX_SEND_DELAY = 900  # SQS DelaySeconds
+MAX_PAGE_SIZE = 1000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TABLE_KEY_FORBIDDEN = re.compile(r"[/\\#?]")
+_PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+_RESERVED_PROPERTIES = frozenset({"partitionkey", "rowkey", "timestamp", "etag", "pk", "rk", "odata"})
+_METADATA_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_RESOURCE_NAME = re.compile(r"^[a-z][a-z0-9-]{2,62}$")
+
+PropertyValue = str | int | float | bool | bytes | None
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of results and the opaque token for the next page (None when done)."""
+
+    items: list[T]
+    continuation: str | None = None
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+
+def encode_continuation(state: dict[str, Any]) -> str:
+    """Pack backend paging state into an opaque, URL-safe token."""
+    raw = json.dumps(state, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_continuation(token: str) -> dict[str, Any]:
+    """Unpack a token made by :func:`encode_continuation`; a mangled token is bad input."""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        state = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error, UnicodeError) as exc:
+        raise InvalidInput("continuation token is not one this service issued") from exc
+    if not isinstance(state, dict):
+        raise InvalidInput("continuation token is not one this service issued")
+    return state
+
+
+def _check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
+    return limit
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _utf8(value: str, what: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidKey(f"{what} is not valid unicode (lone surrogate)") from exc
+
+
+def validate_table_key(value: str, what: str = "key") -> str:
+    """A partition or row key: non-empty text without control characters or / \\ # ?."""
+    if not isinstance(value, str) or not value:
+        raise InvalidKey(f"{what} must be a non-empty string")
+    if len(_utf8(value, what)) > MAX_TABLE_KEY_BYTES or len(value.encode("utf-16-le")) > MAX_TABLE_KEY_BYTES:
+        raise InvalidKey(f"{what} is longer than {MAX_TABLE_KEY_BYTES} bytes")
+    if _CONTROL.search(value):
+        raise InvalidKey(f"{what} contains a control character")
+    if _TABLE_KEY_FORBIDDEN.search(value):
+        raise InvalidKey(f"{what} contains one of / \\ # ? (escape it with shared.keys)")
+    return value
+
+
+def validate_blob_key(value: str) -> str:
+    """A blob key: '/'-separated segments, none empty, '.' or '..', none ending in '.'."""
+    if not isinstance(value, str) or not value:
+        raise InvalidKey("blob key must be a non-empty string")
+    if len(_utf8(value, "blob key")) > MAX_BLOB_KEY_BYTES:
+        raise InvalidKey(f"blob key is longer than {MAX_BLOB_KEY_BYTES} bytes")
+    if _CONTROL.search(value) or "\\" in value:
+        raise InvalidKey("blob key contains a control character or a backslash")
+    for segment in value.split("/"):
+        if not segment or segment in (".", "..") or segment.endswith("."):
+            raise InvalidKey(f"blob key {value!r} has an empty, '.', '..' or dot-ended segment")
+    return value
+
+
+def validate_blob_prefix(value: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidKey("prefix must be a string")
+    if value and (_CONTROL.search(value) or len(_utf8(value, "prefix")) > MAX_BLOB_KEY_BYTES):
+        raise InvalidKey("prefix contains a control character or is too long")
+    return value
+
+
+def validate_resource_name(value: str, what: str) -> str:
+    """Container, table and queue names: see shared.names for why this shape."""
+    if not isinstance(value, str) or not _RESOURCE_NAME.match(value):
+        raise InvalidKey(f"{what} name {value!r} must be 3-63 lowercase letters, digits or hyphens")
+    if what == "table" and "-" in value:
+        raise InvalidKey(f"table name {value!r} must be letters and digits only (Azure rule)")
+    return value
+
+
+def validate_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    """Blob metadata: lowercase identifier names, printable ASCII values, 2 KiB in all."""
+    metadata = dict(metadata or {})
+    total = 0
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not _METADATA_NAME.match(name):
+            raise InvalidInput(f"metadata name {name!r} must be a lowercase identifier")
+        if not isinstance(value, str) or not value.isascii() or _CONTROL.search(value):
+            raise InvalidInput(f"metadata value for {name!r} must be printable ASCII text")
+        total += len(name) + len(value)
+    if total > MAX_METADATA_BYTES:
+        raise TooLarge(f"blob metadata is {total} bytes; the limit is {MAX_METADATA_BYTES}")
+    return metadata
+
+
+def property_size(value: PropertyValue) -> int:
+    """Bytes a value takes in the strictest store (strings count as UTF-16, as in Azure)."""
+    if isinstance(value, str):
+        return len(value.encode("utf-16-le"))
+    if isinstance(value, bytes):
+        return len(value)
+    return 8
+
+
+def entity_size(properties: dict[str, PropertyValue]) -> int:
+    return sum(len(name) * 2 + property_size(value) for name, value in properties.items())
+
+
+def validate_properties(properties: dict[str, Any]) -> dict[str, PropertyValue]:
+    if not isinstance(properties, dict):
+        raise InvalidInput("entity properties must be a dict")
+    if len(properties) > MAX_PROPERTIES:
+        raise InvalidInput(f"an entity may have at most {MAX_PROPERTIES} properties")
+    for name, value in properties.items():
+        if not isinstance(name, str) or not _PROPERTY_NAME.match(name) or name.lower() in _RESERVED_PROPERTIES:
+            raise InvalidInput(f"property name {name!r} must be an identifier and not a reserved name")
+        if isinstance(value, bool) or value is None or isinstance(value, bytes):
+            pass
+        elif isinstance(value, int):
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise InvalidInput(f"property {name!r} is outside the 64-bit integer range")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidInput(f"property {name!r} must be a finite number")
+        elif isinstance(value, str):
+            _utf8(value, f"property {name!r}")
+        else:
+            raise InvalidInput(
+                f"property {name!r} has type {type(value).__name__}; use str, int, float, bool, bytes or None"
+            )
+        if property_size(value) > MAX_PROPERTY_BYTES:
+            raise TooLarge(f"property {name!r} is over {MAX_PROPERTY_BYTES} bytes; offload it to a blob")
+    size = entity_size(properties)
+    if size > MAX_ENTITY_BYTES:
+        raise TooLarge(f"entity is {size} bytes; the limit is {MAX_ENTITY_BYTES}")
+    return properties
+
+
+# --------------------------------------------------------------------------- blobs
+
+
+@dataclass(frozen=True)
+class BlobProperties:
+    """What a blob is, without its content."""
+
+    key: str
+    etag: str
+    size: int
+    content_type: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A blob's content with its properties."""
+
+    properties: BlobProperties
+    data: bytes
+
+
+class BlobStore(ABC):
+    """Binary values by key in one container.
+
+    ETags are opaque strings; compare them for equality only. ``if_match`` makes a
+    write or delete conditional on the current ETag (PreconditionFailed when it
+    differs, NotFound when the blob is gone); ``if_none_match=True`` makes a put
+    create-only (AlreadyExists when the blob is there).
+    """
+
+    def __init__(self, container: str) -> None:
+        self.container = validate_resource_name(container, "container")
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> BlobProperties:
+        """Write the whole blob; returns its new properties."""
+        validate_blob_key(key)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInput("blob data must be bytes")
+        if if_match is not None and if_none_match:
+            raise InvalidInput("if_match and if_none_match cannot both be set")
+        if not isinstance(content_type, str) or not content_type or _CONTROL.search(content_type):
+            raise InvalidInput("content type must be a non-empty string")
+        return self._put(key, bytes(data), content_type, validate_metadata(metadata), if_match, if_none_match)
+
+    def get(self, key: str) -> Blob:
+        """The blob's content and properties; NotFound when absent."""
+        return self._get(validate_blob_key(key))
+
+    def head(self, key: str) -> BlobProperties:
+        """The blob's properties; NotFound when absent."""
+        return self._head(validate_blob_key(key))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Remove the blob; NotFound when absent, PreconditionFailed on an ETag mismatch."""
+        self._delete(validate_blob_key(key), if_match)
+
+    def list(self, prefix: str = "", *, limit: int = MAX_PAGE_SIZE, continuation: str | None = None) -> Page[BlobProperties]:
+        """Blobs whose key starts with ``prefix``, in key order, one page at a time."""
+        return self._list(validate_blob_prefix(prefix), _check_limit(limit), continuation)
+
+    def list_all(self, prefix: str = "") -> Iterator[BlobProperties]:
+        """Every blob under ``prefix``, following continuation tokens."""
+        token: str | None = None
+        while True:
+            page = self.list(prefix, continuation=token)
+            yield from page.items
+            token = page.continuation
+            if not token:
+                return
+
+    @abstractmethod
+    def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
+             if_match: str | None, if_none_match: bool) -> BlobProperties: ...
+
+    @abstractmethod
+    def _get(self, key: str) -> Blob: ...
+
+    @abstractmethod
+    def _head(self, key: str) -> BlobProperties: ...
+
+    @abstractmethod
+    def _delete(self, key: str, if_match: str | None) -> None: ...
+
+    @abstractmethod
+    def _list(self, prefix: str, limit: int, continuation: str | None) -> Page[BlobProperties]: ...
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Entity:
+    """A table row: keys, typed properties, and the ETag it was read or written with."""
+
+    partition_key: str
+    row_key: str
+    properties: dict[str, PropertyValue] = field(default_factory=dict)
+    etag: str | None = None
+
+    def __getitem__(self, name: str) -> PropertyValue:
+        return self.properties[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.properties.get(name, default)
+
+
+class OpKind(enum.Enum):
+    INSERT = "insert"
+    UPSERT = "upsert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class TableOp:
+    """One operation of an atomic batch; build it with the class methods."""
+
+    kind: OpKind
+    entity: Entity
+    if_match: str | None = None
+
+    @classmethod
+    def insert(cls, entity: Entity) -> TableOp:
+        return cls(OpKind.INSERT, entity)
+
+    @classmethod
+    def upsert(cls, entity: Entity) -> TableOp:
+        return cls(OpKind.UPSERT, entity)
+
+    @classmethod
+    def update(cls, entity: Entity, if_match: str | None = None) -> TableOp:
+        return cls(OpKind.UPDATE, entity, if_match)
+
+    @classmethod
+    def delete(cls, partition_key: str, row_key: str, if_match: str | None = None) -> TableOp:
+        return cls(OpKind.DELETE, Entity(partition_key, row_key), if_match)
+
+
+class TableStore(ABC):
+    """Entities by (partition key, row key) in one table.
+
+    Writes replace the whole entity (no merge). Every write returns the new ETag;
+    ``update`` and ``delete`` take an optional ``if_match``. Queries return one
+    partition in ascending row-key order (ordinal, by code point).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = validate_resource_name(name, "table")
+
+    def get(self, partition_key: str, row_key: str) -> Entity:
+        """The entity; NotFound when absent."""
+        return self._get(validate_table_key(partition_key, "partition key"), validate_table_key(row_key, "row key"))
+
+    def insert(self, entity: Entity) -> str:
+        """Create; AlreadyExists when an entity with these keys is there."""
+        return self._write(OpKind.INSERT, self._checked(entity), None)
+
+    def upsert(self, entity: Entity) -> str:
+        """Create or replace, unconditionally."""
+        return self._write(OpKind.UPSERT, self._checked(entity), None)
+
+    def update(self, entity: Entity, *, if_match: str | None = None) -> str:
+        """Replace an existing entity; NotFound when absent, PreconditionFailed on ETag mismatch."""
+        return self._write(OpKind.UPDATE, self._checked(entity), if_match)
+
+    def delete(self, partition_key: str, row_key: str, *, if_match: str | None = None) -> None:
+        """Remove; NotFound when absent, PreconditionFailed on ETag mismatch."""
+        entity = Entity(validate_table_key(partition_key, "partition key"), validate_table_key(row_key, "row key"))
+        self._write(OpKind.DELETE, entity, if_match)
+
+    def query(
+        self,
+        partition_key: str,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int = MAX_PAGE_SIZE,
+        continuation: str | None = None,
+    ) -> Page[Entity]:
+        """Entities of one partition in row-key order: ``prefix``, or ``start <= rk < end``."""
+        validate_table_key(partition_key, "partition key")
+        if prefix is not None:
+            if start is not None or end is not None:
+                raise InvalidInput("give either prefix or start/end, not both")
+            if prefix:
+                validate_table_key(prefix, "prefix")
+                start, end = prefix, prefix_upper_bound(prefix)
+        for bound, what in ((start, "start"), (end, "end")):
+            if bound is not None and bound != "":
+                validate_table_key(bound, what)
+        return self._query(partition_key, start or None, end or None, _check_limit(limit), continuation)
+
+    def query_all(self, partition_key: str, **kwargs: Any) -> Iterator[Entity]:
+        """Every entity :meth:`query` would return, following continuation tokens."""
+        token: str | None = None
+        while True:
+            page = self.query(partition_key, continuation=token, **kwargs)
+            yield from page.items
+            token = page.continuation
+            if not token:
+                return
+
+    def scan(self, *, limit: int = MAX_PAGE_SIZE, continuation: str | None = None) -> Page[Entity]:
+        """Every entity of the table, all partitions, in no promised order. For maintenance."""
+        return self._scan(_check_limit(limit), continuation)
+
+    def batch(self, operations: Sequence[TableOp]) -> list[str | None]:
+        """Apply up to 100 operations on one partition atomically: all or nothing.
+
+        Returns the new ETag of each operation (None for deletes). When one
+        operation fails, its error is raised and nothing of the batch is written.
+        """
+        operations = list(operations)
+        if not operations:
+            return []
+        if len(operations) > MAX_BATCH_OPERATIONS:
+            raise InvalidInput(f"a batch holds at most {MAX_BATCH_OPERATIONS} operations, got {len(operations)}")
+        partition = operations[0].entity.partition_key
+        seen: set[str] = set()
+        total = 0
+        for op in operations:
+            if not isinstance(op, TableOp):
+                raise InvalidInput("batch operations must be TableOp values")
+            if op.kind is OpKind.DELETE:
+                validate_table_key(op.entity.partition_key, "partition key")
+                validate_table_key(op.entity.row_key, "row key")
+            else:
+                self._checked(op.entity)
+                total += entity_size(op.entity.properties)
+            if op.entity.partition_key != partition:
+                raise InvalidInput("every operation of a batch must address the same partition")
+            if op.entity.row_key in seen:
+                raise InvalidInput(f"row key {op.entity.row_key!r} appears twice in one batch")
+            seen.add(op.entity.row_key)
+        if total > MAX_BATCH_BYTES:
+            raise TooLarge(f"batch is {total} bytes; the limit is {MAX_BATCH_BYTES}")
+        return self._batch(operations)
+
+    @staticmethod
+    def _checked(entity: Entity) -> Entity:
+        if not isinstance(entity, Entity):
+            raise InvalidInput("expected an Entity")
+        validate_table_key(entity.partition_key, "partition key")
+        validate_table_key(entity.row_key, "row key")
+        validate_properties(entity.properties)
+        return entity
+
+    @abstractmethod
+    def _get(self, partition_key: str, row_key: str) -> Entity: ...
+
+    @abstractmethod
+    def _write(self, kind: OpKind, entity: Entity, if_match: str | None) -> str: ...
+
+    @abstractmethod
+    def _query(self, partition_key: str, start: str | None, end: str | None, limit: int,
+               continuation: str | None) -> Page[Entity]: ...
+
+    @abstractmethod
+    def _scan(self, limit: int, continuation: str | None) -> Page[Entity]: ...
+
+    @abstractmethod
+    def _batch(self, operations: list[TableOp]) -> list[str | None]: ...
+
+
+def prefix_upper_bound(prefix: str) -> str:
+    """The smallest string greater than every string starting with ``prefix``."""
+    return prefix + "\U0010ffff"
+
+
+# --------------------------------------------------------------------------- queues
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """A received message. ``receipt`` deletes or extends it while it is invisible."""
+
+    id: str
+    body: str
+    dequeue_count: int
+    receipt: str
+    enqueued_at: datetime | None = None
+
+
+class QueueStore(ABC):
+    """At-least-once text messages.
+
+    A received message is invisible for ``visibility_timeout`` seconds and comes
+    back with a higher ``dequeue_count`` unless deleted by its receipt first.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = validate_resource_name(name, "queue")
+
+    def send(self, body: str, *, delay_seconds: int = 0) -> str:
+        """Enqueue; the message becomes visible after ``delay_seconds``. Returns its id."""
+        if not isinstance(body, str):
+            raise InvalidInput("message body must be text")
+        size = len(_utf8(body, "message body"))
+        if size > MAX_QUEUE_BODY_BYTES:
+            raise TooLarge(f"message is {size} bytes; the limit is {MAX_QUEUE_BODY_BYTES} (offload it)")
+        _check_seconds(delay_seconds, MAX_SEND_DELAY, "delay_seconds")
+        return self._send(body, delay_seconds)
+
+    def receive(self, *, max_messages: int = 1, visibility_timeout: int = 30) -> list[QueueMessage]:
+        """Up to ``max_messages`` visible messages, hidden for ``visibility_timeout`` seconds."""
+        if not isinstance(max_messages, int) or not 1 <= max_messages <= MAX_RECEIVE_MESSAGES:
+            raise InvalidInput(f"max_messages must be from 1 to {MAX_RECEIVE_MESSAGES}")
+        _check_seconds(visibility_timeout, MAX_VISIBILITY_TIMEOUT, "visibility_timeout")
+        return self._receive(max_messages, visibility_timeout)
+
+    def peek(self, *, max_messages: int = MAX_RECEIVE_MESSAGES) -> list[QueueMessage]:
+        """Visible messages without hiding them. Receipts are empty.
+
+        On SQS a peek is a receive with a zero visibility timeout, which counts
+        as a delivery in ``dequeue_count``.
+        """
+        if not isinstance(max_messages, int) or not 1 <= max_messages <= MAX_RECEIVE_MESSAGES:
+            raise InvalidInput(f"max_messages must be from 1 to {MAX_RECEIVE_MESSAGES}")
+        return self._peek(max_messages)
+
+    def delete(self, receipt: str) -> None:
+        """Remove a received message. Deleting one already gone is not an error."""
+        if not isinstance(receipt, str) or not receipt:
+            raise InvalidInput("receipt must be a non-empty string")
+        self._delete(receipt)
+
+    def extend(self, receipt: str, visibility_timeout: int) -> str:
+        """Keep a received message hidden ``visibility_timeout`` seconds from now; returns the new receipt."""
+        if not isinstance(receipt, str) or not receipt:
+            raise InvalidInput("receipt must be a non-empty string")
+        _check_seconds(visibility_timeout, MAX_VISIBILITY_TIMEOUT, "visibility_timeout")
+        return self._extend(receipt, visibility_timeout)
+
+    def approximate_length(self) -> int:
+        """About how many messages are in the queue, visible or not."""
+        return self._approximate_length()
+
+    @abstractmethod
+    def _send(self, body: str, delay_seconds: int) -> str: ...
+
+    @abstractmethod
+    def _receive(self, max_messages: int, visibility_timeout: int) -> list[QueueMessage]: ...
+
+    @abstractmethod
+    def _peek(self, max_messages: int) -> list[QueueMessage]: ...
+
+    @abstractmethod
+    def _delete(self, receipt: str) -> None: ...
+
+    @abstractmethod
+    def _extend(self, receipt: str, visibility_timeout: int) -> str: ...
+
+    @abstractmethod
+    def _approximate_length(self) -> int: ...
+
+
+def _check_seconds(value: int, maximum: int, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise InvalidInput(f"{what} must be whole seconds from 0 to {maximum}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class Backend(ABC):
+    """One storage account: hands out blob, table and queue stores, created once and reused."""
+
+    #: "local", "azure" or "aws".
+    kind: str = ""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, BlobStore] = {}
+        self._tables: dict[str, TableStore] = {}
+        self._queues: dict[str, QueueStore] = {}
+
+    def blobs(self, container: str) -> BlobStore:
+        store = self._blobs.get(container)
+        if store is None:
+            store = self._blobs[container] = self._make_blobs(validate_resource_name(container, "container"))
+        return store
+
+    def table(self, name: str) -> TableStore:
+        store = self._tables.get(name)
+        if store is None:
+            store = self._tables[name] = self._make_table(validate_resource_name(name, "table"))
+        return store
+
+    def queue(self, name: str) -> QueueStore:
+        store = self._queues.get(name)
+        if store is None:
+            store = self._queues[name] = self._make_queue(validate_resource_name(name, "queue"))
+        return store
+
+    def ensure(self, *, containers: Iterable[str] = (), tables: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
+        """Create whatever of these is missing. Safe to call any number of times."""
+        for name in containers:
+            self._ensure_container(validate_resource_name(name, "container"))
+        for name in tables:
+            self._ensure_table(validate_resource_name(name, "table"))
+        for name in queues:
+            self._ensure_queue(validate_resource_name(name, "queue"))
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Return when the store answers; raise BackendUnavailable otherwise."""
+
+    def close(self) -> None:
+        """Release connections. The backend is not used afterwards."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def _make_blobs(self, container: str) -> BlobStore: ...
+
+    @abstractmethod
+    def _make_table(self, name: str) -> TableStore: ...
+
+    @abstractmethod
+    def _make_queue(self, name: str) -> QueueStore: ...
+
+    @abstractmethod
+    def _ensure_container(self, name: str) -> None: ...
+
+    @abstractmethod
+    def _ensure_table(self, name: str) -> None: ...
+
+    @abstractmethod
+    def _ensure_queue(self, name: str) -> None: ...

@@ -1,0 +1,121 @@
+"""Settings from environment variables, as Function app settings arrive.
+
+Locally, ``local.settings.json`` ``Values`` fill in whatever the environment does
+not set (the Functions Core Tools do the same). Every name is in shared.names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import names
+from shared.errors import InvalidInput
+
+BACKENDS = ("local", "azure", "aws")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed, validated configuration. Secrets are kept out of ``repr``."""
+
+    #: Which backend stores everything: "local" (SQLite under data_dir), "azure" or "aws".
+    backend: str = "local"
+    #: Where the local backend keeps its SQLite files.
+    data_dir: Path = Path(".data")
+    #: SQLite ``synchronous`` for the local backend: NORMAL survives process kills
+    #: (WAL); FULL also survives power loss, at some write speed.
+    local_synchronous: str = "NORMAL"
+    #: Largest object body accepted by the objects API, checked before anything is written.
+    max_object_bytes: int = 64 * 1024 * 1024
+    #: Table properties and queue messages above this many bytes move to a blob.
+    offload_threshold_bytes: int = 32 * 1024
+    #: Azure: a connection string (Azurite: "UseDevelopmentStorage=true") ...
+    azure_connection_string: str | None = field(default=None, repr=False)
+    #: ... or an account name, with DefaultAzureCredential (managed identity in the cloud).
+    azure_account_name: str | None = None
+    #: Client id of a user-assigned managed identity, if one is used.
+    azure_client_id: str | None = None
+    aws_region: str = "us-east-1"
+    #: Endpoint override for moto server or another S3/DynamoDB/SQS-compatible endpoint.
+    aws_endpoint_url: str | None = None
+    #: The one S3 bucket; containers are the first segment of each key.
+    aws_bucket: str = "stowage-data"
+    #: DynamoDB table names are this prefix + the logical table name.
+    aws_table_prefix: str = "stowage-"
+    #: SQS queue names are this prefix + the logical queue name.
+    aws_queue_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InvalidInput(f"{names.SETTING_BACKEND} must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.local_synchronous.upper() not in ("NORMAL", "FULL"):
+            raise InvalidInput(f"{names.SETTING_LOCAL_SYNC} must be NORMAL or FULL")
+        if self.max_object_bytes <= 0 or self.offload_threshold_bytes <= 0:
+            raise InvalidInput("size settings must be positive")
+        if self.offload_threshold_bytes > 48 * 1024:
+            raise InvalidInput(f"{names.SETTING_OFFLOAD_THRESHOLD} must be at most 49152 (queue message limit)")
+        if self.backend == "azure" and not (self.azure_connection_string or self.azure_account_name):
+            raise InvalidInput(
+                f"the azure backend needs {names.SETTING_AZURE_CONNECTION_STRING} "
+                f"or {names.SETTING_AZURE_ACCOUNT_NAME}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, settings_file: Path | None = None) -> Settings:
+        """Read settings from ``environ`` (default: os.environ) over local.settings.json."""
+        values: dict[str, str] = {}
+        path = settings_file if settings_file is not None else Path("local.settings.json")
+        if path.is_file():
+            values.update(load_local_settings(path))
+        values.update(os.environ if environ is None else environ)
+
+        def text(name: str) -> str | None:
+            value = values.get(name)
+            return value if value else None
+
+        def integer(name: str, default: int) -> int:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                return int(raw)
+            except ValueError as exc:
+                raise InvalidInput(f"{name} must be an integer, got {raw!r}") from exc
+
+        defaults = cls()
+        return cls(
+            backend=(text(names.SETTING_BACKEND) or defaults.backend).lower(),
+            data_dir=Path(text(names.SETTING_DATA_DIR) or defaults.data_dir),
+            local_synchronous=(text(names.SETTING_LOCAL_SYNC) or defaults.local_synchronous).upper(),
+            max_object_bytes=integer(names.SETTING_MAX_OBJECT_BYTES, defaults.max_object_bytes),
+            offload_threshold_bytes=integer(names.SETTING_OFFLOAD_THRESHOLD, defaults.offload_threshold_bytes),
+            azure_connection_string=text(names.SETTING_AZURE_CONNECTION_STRING),
+            azure_account_name=text(names.SETTING_AZURE_ACCOUNT_NAME),
+            azure_client_id=text(names.SETTING_AZURE_CLIENT_ID),
+            aws_region=text(names.SETTING_AWS_REGION) or defaults.aws_region,
+            aws_endpoint_url=text(names.SETTING_AWS_ENDPOINT_URL),
+            aws_bucket=text(names.SETTING_AWS_BUCKET) or defaults.aws_bucket,
+            aws_table_prefix=text(names.SETTING_AWS_TABLE_PREFIX) or defaults.aws_table_prefix,
+            aws_queue_prefix=text(names.SETTING_AWS_QUEUE_PREFIX) or defaults.aws_queue_prefix,
+        )
+
+
+def load_local_settings(path: Path) -> dict[str, str]:
+    """The ``Values`` of a local.settings.json file, as strings."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{path} is not readable JSON: {exc}") from exc
+    values = document.get("Values", {}) if isinstance(document, dict) else {}
+    return {str(k): str(v) for k, v in values.items() if v is not None}
+
+
+def apply_local_settings(path: Path = Path("local.settings.json")) -> None:
+    """Copy local.settings.json Values into os.environ where unset, as Core Tools would."""
+    if path.is_file():
+        for name, value in load_local_settings(path).items():
+            os.environ.setdefault(name, value)

@@ -1,0 +1,63 @@
+"""Every storage resource name and app-setting name, defined once.
+
+Infrastructure templates (infra/) declare exactly these; tests/test_infra.py
+fails when a template misses one or declares a setting the app does not read.
+Names satisfy every backend at once: lowercase letters and digits for tables
+(Azure tables are alphanumeric), lowercase with hyphens for queues and containers.
+"""
+
+from __future__ import annotations
+
+# Blob containers (S3: key prefixes inside one bucket).
+CONTAINER_DATA = "stowage-data"
+CONTAINER_BACKUPS = "stowage-backups"
+CONTAINERS = (CONTAINER_DATA, CONTAINER_BACKUPS)
+
+# Tables (DynamoDB: one table per name, with a prefix).
+TABLE_APIKEYS = "stowageapikeys"
+TABLE_OBJECTS = "stowageobjects"
+TABLE_COMMANDS = "stowagecommands"
+TABLES = (TABLE_APIKEYS, TABLE_OBJECTS, TABLE_COMMANDS)
+
+# Queues. The Functions host moves a message that failed maxDequeueCount times
+# to "<queue>-poison"; the local host does the same.
+QUEUE_COMMANDS = "stowage-commands"
+POISON_SUFFIX = "-poison"
+QUEUE_COMMANDS_POISON = QUEUE_COMMANDS + POISON_SUFFIX
+QUEUES = (QUEUE_COMMANDS, QUEUE_COMMANDS_POISON)
+
+# App settings (environment variables) the app reads.
+SETTING_BACKEND = "STOWAGE_BACKEND"
+SETTING_DATA_DIR = "STOWAGE_DATA_DIR"
+SETTING_LOCAL_SYNC = "STOWAGE_LOCAL_SYNCHRONOUS"
+SETTING_MAX_OBJECT_BYTES = "STOWAGE_MAX_OBJECT_BYTES"
+SETTING_OFFLOAD_THRESHOLD = "STOWAGE_OFFLOAD_THRESHOLD_BYTES"
+SETTING_AZURE_CONNECTION_STRING = "STOWAGE_AZURE_CONNECTION_STRING"
+SETTING_AZURE_ACCOUNT_NAME = "STOWAGE_AZURE_ACCOUNT_NAME"
+SETTING_AZURE_CLIENT_ID = "AZURE_CLIENT_ID"
+SETTING_AWS_REGION = "STOWAGE_AWS_REGION"
+SETTING_AWS_ENDPOINT_URL = "STOWAGE_AWS_ENDPOINT_URL"
+SETTING_AWS_BUCKET = "STOWAGE_AWS_BUCKET"
+SETTING_AWS_TABLE_PREFIX = "STOWAGE_AWS_TABLE_PREFIX"
+SETTING_AWS_QUEUE_PREFIX = "STOWAGE_AWS_QUEUE_PREFIX"
+# The queue trigger's connection: "<prefix>__accountName" etc. in the cloud,
+# or a connection string locally. Both the host and our local poller read it.
+SETTING_QUEUE_CONNECTION = "STOWAGE_QUEUE_CONNECTION"
+SETTING_HOST_STORAGE = "AzureWebJobsStorage"
+
+APP_SETTINGS = (
+    SETTING_BACKEND,
+    SETTING_DATA_DIR,
+    SETTING_LOCAL_SYNC,
+    SETTING_MAX_OBJECT_BYTES,
+    SETTING_OFFLOAD_THRESHOLD,
+    SETTING_AZURE_CONNECTION_STRING,
+    SETTING_AZURE_ACCOUNT_NAME,
+    SETTING_AZURE_CLIENT_ID,
+    SETTING_AWS_REGION,
+    SETTING_AWS_ENDPOINT_URL,
+    SETTING_AWS_BUCKET,
+    SETTING_AWS_TABLE_PREFIX,
+    SETTING_AWS_QUEUE_PREFIX,
+    SETTING_QUEUE_CONNECTION,
+)
