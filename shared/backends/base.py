@@ -318,7 +318,11 @@ class BlobStore(ABC):
 
 @dataclass
 class Entity:
-    """A table row: keys, typed properties, and the ETag it was read or written with."""
+    """A table row: keys, typed properties, and the ETag it was read or written with.
+
+    Property values are str, int (64-bit), float, bool or bytes and read back with
+    the same type. A None value means "no such property": it is not stored.
+    """
 
     partition_key: str
     row_key: str
@@ -446,6 +450,7 @@ class TableStore(ABC):
             raise InvalidInput(f"a batch holds at most {MAX_BATCH_OPERATIONS} operations, got {len(operations)}")
         partition = operations[0].entity.partition_key
         seen: set[str] = set()
+        checked: list[TableOp] = []
         total = 0
         for op in operations:
             if not isinstance(op, TableOp):
@@ -454,8 +459,9 @@ class TableStore(ABC):
                 validate_table_key(op.entity.partition_key, "partition key")
                 validate_table_key(op.entity.row_key, "row key")
             else:
-                self._checked(op.entity)
+                op = TableOp(op.kind, self._checked(op.entity), op.if_match)
                 total += entity_size(op.entity.properties)
+            checked.append(op)
             if op.entity.partition_key != partition:
                 raise InvalidInput("every operation of a batch must address the same partition")
             if op.entity.row_key in seen:
@@ -463,16 +469,17 @@ class TableStore(ABC):
             seen.add(op.entity.row_key)
         if total > MAX_BATCH_BYTES:
             raise TooLarge(f"batch is {total} bytes; the limit is {MAX_BATCH_BYTES}")
-        return self._batch(operations)
+        return self._batch(checked)
 
     @staticmethod
     def _checked(entity: Entity) -> Entity:
+        """A validated copy; None properties are dropped because Azure Tables cannot store nulls."""
         if not isinstance(entity, Entity):
             raise InvalidInput("expected an Entity")
         validate_table_key(entity.partition_key, "partition key")
         validate_table_key(entity.row_key, "row key")
-        validate_properties(entity.properties)
-        return entity
+        properties = {k: v for k, v in validate_properties(entity.properties).items() if v is not None}
+        return Entity(entity.partition_key, entity.row_key, properties, entity.etag)
 
     @abstractmethod
     def _get(self, partition_key: str, row_key: str) -> Entity: ...
