@@ -1,0 +1,470 @@
+"""The local backend: embedded SQLite, no setup.
+
+Two database files under the data directory, both in WAL mode:
+``tables.sqlite3`` holds tables and queues, ``blobs.sqlite3`` holds blobs (kept
+apart so large blob writes do not hold the table writer lock).
+
+Every write is one SQLite transaction, so a process killed at any instant leaves
+each write either fully there or not at all; with ``synchronous=NORMAL`` an
+acknowledged write survives a process kill, with ``FULL`` also a power cut.
+Several processes (the server and the CLI) may share one data directory: SQLite's
+file locks serialise writers, and ``busy_timeout`` makes them wait their turn.
+
+Limits: one machine; writers are serialised per file (tens of thousands of small
+writes a second, see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shared.backends.base import (
+    Backend,
+    Blob,
+    BlobProperties,
+    BlobStore,
+    Entity,
+    OpKind,
+    Page,
+    PropertyValue,
+    QueueMessage,
+    QueueStore,
+    TableOp,
+    TableStore,
+    decode_continuation,
+    encode_continuation,
+    prefix_upper_bound,
+)
+from shared.errors import AlreadyExists, BackendUnavailable, InvalidInput, NotFound, PreconditionFailed
+
+_TABLES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS known_tables (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entities (
+    tbl TEXT NOT NULL, pk TEXT NOT NULL, rk TEXT NOT NULL,
+    props TEXT NOT NULL, etag TEXT NOT NULL,
+    PRIMARY KEY (tbl, pk, rk)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS known_queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
+    visible_at REAL NOT NULL, dequeue_count INTEGER NOT NULL DEFAULT 0,
+    pop TEXT, enqueued_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_visible ON messages (queue, visible_at, seq);
+"""
+
+_BLOBS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS containers (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs (
+    container TEXT NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL,
+    content_type TEXT NOT NULL, metadata TEXT NOT NULL, etag TEXT NOT NULL,
+    last_modified REAL NOT NULL,
+    PRIMARY KEY (container, key)
+);
+"""
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Map sqlite3 errors to shared.errors; the one place this backend does so."""
+    try:
+        yield
+    except sqlite3.IntegrityError as exc:
+        raise AlreadyExists(str(exc)) from exc
+    except sqlite3.OperationalError as exc:
+        raise BackendUnavailable(f"local store: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise BackendUnavailable(f"local store is damaged or unreadable: {exc}") from exc
+
+
+def _new_etag() -> str:
+    return uuid.uuid4().hex
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+class _Database:
+    """One SQLite file with a connection per thread (sqlite3 connections are not shared)."""
+
+    def __init__(self, path: Path, schema: str, synchronous: str) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with _translated():
+            self.connection().executescript(schema)
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the writer lock from the start (no upgrade deadlocks)."""
+        conn = self.connection()
+        with _translated():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with _translated():
+            return self.connection().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+# --------------------------------------------------------------------------- properties
+
+
+def _encode_properties(properties: dict[str, PropertyValue]) -> str:
+    """JSON keeps str, int, float (1.0 stays 1.0) and bool apart; bytes get a tag object."""
+    encoded = {
+        name: {"b64": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
+        for name, value in properties.items()
+    }
+    return json.dumps(encoded, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode_properties(text: str) -> dict[str, PropertyValue]:
+    return {
+        name: base64.b64decode(value["b64"]) if isinstance(value, dict) else value
+        for name, value in json.loads(text).items()
+    }
+
+
+# --------------------------------------------------------------------------- stores
+
+
+class LocalBlobStore(BlobStore):
+    def __init__(self, container: str, backend: LocalBackend) -> None:
+        super().__init__(container)
+        self._backend = backend
+        self._db = backend.blob_db
+
+    def _props(self, key: str, size: int, content_type: str, metadata: str, etag: str, modified: float) -> BlobProperties:
+        return BlobProperties(key, etag, size, content_type, json.loads(metadata), _utc(modified))
+
+    def _put(self, key, data, content_type, metadata, if_match, if_none_match) -> BlobProperties:
+        self._backend.require_container(self.container)
+        etag, now, meta = _new_etag(), time.time(), json.dumps(metadata)
+        with self._db.write() as conn:
+            row = conn.execute(
+                "SELECT etag FROM blobs WHERE container=? AND key=?", (self.container, key)
+            ).fetchone()
+            if if_none_match and row is not None:
+                raise AlreadyExists(f"blob {key!r} already exists")
+            if if_match is not None:
+                if row is None:
+                    raise NotFound(f"blob {key!r} does not exist")
+                if row[0] != if_match:
+                    raise PreconditionFailed(f"blob {key!r} has changed (ETag mismatch)")
+            conn.execute(
+                "INSERT OR REPLACE INTO blobs VALUES (?,?,?,?,?,?,?)",
+                (self.container, key, data, content_type, meta, etag, now),
+            )
+        return self._props(key, len(data), content_type, meta, etag, now)
+
+    def _get(self, key) -> Blob:
+        rows = self._db.read(
+            "SELECT data, content_type, metadata, etag, last_modified FROM blobs WHERE container=? AND key=?",
+            (self.container, key),
+        )
+        if not rows:
+            raise NotFound(f"blob {key!r} does not exist")
+        data, content_type, meta, etag, modified = rows[0]
+        return Blob(self._props(key, len(data), content_type, meta, etag, modified), bytes(data))
+
+    def _head(self, key) -> BlobProperties:
+        rows = self._db.read(
+            "SELECT length(data), content_type, metadata, etag, last_modified FROM blobs WHERE container=? AND key=?",
+            (self.container, key),
+        )
+        if not rows:
+            raise NotFound(f"blob {key!r} does not exist")
+        return self._props(key, *rows[0])
+
+    def _delete(self, key, if_match) -> None:
+        with self._db.write() as conn:
+            row = conn.execute(
+                "SELECT etag FROM blobs WHERE container=? AND key=?", (self.container, key)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"blob {key!r} does not exist")
+            if if_match is not None and row[0] != if_match:
+                raise PreconditionFailed(f"blob {key!r} has changed (ETag mismatch)")
+            conn.execute("DELETE FROM blobs WHERE container=? AND key=?", (self.container, key))
+
+    def _list(self, prefix, limit, continuation) -> Page[BlobProperties]:
+        after = decode_continuation(continuation).get("after", "") if continuation else ""
+        low = max(prefix, after)
+        rows = self._db.read(
+            "SELECT key, length(data), content_type, metadata, etag, last_modified FROM blobs "
+            "WHERE container=? AND key>=? AND key<? AND key>? ORDER BY key LIMIT ?",
+            (self.container, low, prefix_upper_bound(prefix), after, limit + 1),
+        )
+        items = [self._props(*row) for row in rows[:limit]]
+        token = encode_continuation({"after": items[-1].key}) if len(rows) > limit else None
+        return Page(items, token)
+
+
+class LocalTableStore(TableStore):
+    def __init__(self, name: str, backend: LocalBackend) -> None:
+        super().__init__(name)
+        self._backend = backend
+        self._db = backend.table_db
+
+    def _get(self, partition_key, row_key) -> Entity:
+        self._backend.require_table(self.name)
+        rows = self._db.read(
+            "SELECT props, etag FROM entities WHERE tbl=? AND pk=? AND rk=?", (self.name, partition_key, row_key)
+        )
+        if not rows:
+            raise NotFound(f"entity ({partition_key!r}, {row_key!r}) does not exist in table {self.name!r}")
+        return Entity(partition_key, row_key, _decode_properties(rows[0][0]), rows[0][1])
+
+    def _apply(self, conn: sqlite3.Connection, kind: OpKind, entity: Entity, if_match: str | None) -> str | None:
+        """One operation inside an open transaction; raises without writing when it cannot apply."""
+        keys = (self.name, entity.partition_key, entity.row_key)
+        where = f"entity ({entity.partition_key!r}, {entity.row_key!r}) in table {self.name!r}"
+        if kind is OpKind.INSERT:
+            etag = _new_etag()
+            try:
+                conn.execute(
+                    "INSERT INTO entities VALUES (?,?,?,?,?)", (*keys, _encode_properties(entity.properties), etag)
+                )
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExists(f"{where} already exists") from exc
+            return etag
+        if kind is OpKind.UPSERT:
+            etag = _new_etag()
+            conn.execute(
+                "INSERT OR REPLACE INTO entities VALUES (?,?,?,?,?)",
+                (*keys, _encode_properties(entity.properties), etag),
+            )
+            return etag
+        if kind is OpKind.UPDATE:
+            etag = _new_etag()
+            changed = conn.execute(
+                "UPDATE entities SET props=?, etag=? WHERE tbl=? AND pk=? AND rk=? AND (? IS NULL OR etag=?)",
+                (_encode_properties(entity.properties), etag, *keys, if_match, if_match),
+            ).rowcount
+        else:
+            etag = None
+            changed = conn.execute(
+                "DELETE FROM entities WHERE tbl=? AND pk=? AND rk=? AND (? IS NULL OR etag=?)",
+                (*keys, if_match, if_match),
+            ).rowcount
+        if changed == 0:
+            exists = conn.execute("SELECT 1 FROM entities WHERE tbl=? AND pk=? AND rk=?", keys).fetchone()
+            if exists is None:
+                raise NotFound(f"{where} does not exist")
+            raise PreconditionFailed(f"{where} has changed (ETag mismatch)")
+        return etag
+
+    def _write(self, kind, entity, if_match) -> str:
+        self._backend.require_table(self.name)
+        with self._db.write() as conn:
+            return self._apply(conn, kind, entity, if_match) or ""
+
+    def _batch(self, operations: list[TableOp]) -> list[str | None]:
+        self._backend.require_table(self.name)
+        with self._db.write() as conn:
+            return [self._apply(conn, op.kind, op.entity, op.if_match) for op in operations]
+
+    def _query(self, partition_key, start, end, limit, continuation) -> Page[Entity]:
+        self._backend.require_table(self.name)
+        after = decode_continuation(continuation).get("after") if continuation else None
+        sql = "SELECT rk, props, etag FROM entities WHERE tbl=? AND pk=?"
+        params: list = [self.name, partition_key]
+        for clause, value in (("rk>=?", start), ("rk<?", end), ("rk>?", after)):
+            if value is not None:
+                sql += f" AND {clause}"
+                params.append(value)
+        rows = self._db.read(sql + " ORDER BY rk LIMIT ?", (*params, limit + 1))
+        items = [Entity(partition_key, rk, _decode_properties(props), etag) for rk, props, etag in rows[:limit]]
+        token = encode_continuation({"after": items[-1].row_key}) if len(rows) > limit else None
+        return Page(items, token)
+
+    def _scan(self, limit, continuation) -> Page[Entity]:
+        self._backend.require_table(self.name)
+        state = decode_continuation(continuation) if continuation else {}
+        pk, rk = state.get("pk", ""), state.get("rk", "")
+        rows = self._db.read(
+            "SELECT pk, rk, props, etag FROM entities WHERE tbl=? AND (pk>? OR (pk=? AND rk>?)) "
+            "ORDER BY pk, rk LIMIT ?",
+            (self.name, pk, pk, rk, limit + 1),
+        )
+        items = [Entity(p, r, _decode_properties(props), etag) for p, r, props, etag in rows[:limit]]
+        last = items[-1] if items else None
+        token = encode_continuation({"pk": last.partition_key, "rk": last.row_key}) if len(rows) > limit else None
+        return Page(items, token)
+
+
+class LocalQueueStore(QueueStore):
+    def __init__(self, name: str, backend: LocalBackend) -> None:
+        super().__init__(name)
+        self._backend = backend
+        self._db = backend.table_db
+
+    def _send(self, body, delay_seconds) -> str:
+        self._backend.require_queue(self.name)
+        message_id, now = uuid.uuid4().hex, time.time()
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT INTO messages (queue, id, body, visible_at, enqueued_at) VALUES (?,?,?,?,?)",
+                (self.name, message_id, body, now + delay_seconds, now),
+            )
+        return message_id
+
+    def _receive(self, max_messages, visibility_timeout) -> list[QueueMessage]:
+        self._backend.require_queue(self.name)
+        now = time.time()
+        received = []
+        with self._db.write() as conn:
+            rows = conn.execute(
+                "SELECT seq, id, body, dequeue_count, enqueued_at FROM messages "
+                "WHERE queue=? AND visible_at<=? ORDER BY visible_at, seq LIMIT ?",
+                (self.name, now, max_messages),
+            ).fetchall()
+            for seq, message_id, body, count, enqueued in rows:
+                pop = uuid.uuid4().hex
+                conn.execute(
+                    "UPDATE messages SET visible_at=?, dequeue_count=?, pop=? WHERE seq=?",
+                    (now + visibility_timeout, count + 1, pop, seq),
+                )
+                received.append(QueueMessage(message_id, body, count + 1, f"{message_id}:{pop}", _utc(enqueued)))
+        return received
+
+    def _peek(self, max_messages) -> list[QueueMessage]:
+        self._backend.require_queue(self.name)
+        rows = self._db.read(
+            "SELECT id, body, dequeue_count, enqueued_at FROM messages "
+            "WHERE queue=? AND visible_at<=? ORDER BY visible_at, seq LIMIT ?",
+            (self.name, time.time(), max_messages),
+        )
+        return [QueueMessage(i, body, count, "", _utc(enqueued)) for i, body, count, enqueued in rows]
+
+    @staticmethod
+    def _split(receipt: str) -> tuple[str, str]:
+        message_id, sep, pop = receipt.partition(":")
+        if not sep or not message_id or not pop:
+            raise InvalidInput("receipt is not one this queue issued")
+        return message_id, pop
+
+    def _delete(self, receipt) -> None:
+        message_id, pop = self._split(receipt)
+        with self._db.write() as conn:
+            # A stale receipt (the message was redelivered since) deletes nothing.
+            conn.execute("DELETE FROM messages WHERE queue=? AND id=? AND pop=?", (self.name, message_id, pop))
+
+    def _extend(self, receipt, visibility_timeout) -> str:
+        message_id, pop = self._split(receipt)
+        new_pop = uuid.uuid4().hex
+        with self._db.write() as conn:
+            changed = conn.execute(
+                "UPDATE messages SET visible_at=?, pop=? WHERE queue=? AND id=? AND pop=?",
+                (time.time() + visibility_timeout, new_pop, self.name, message_id, pop),
+            ).rowcount
+        if changed == 0:
+            raise NotFound("message is gone or was received again since this receipt was issued")
+        return f"{message_id}:{new_pop}"
+
+    def _approximate_length(self) -> int:
+        self._backend.require_queue(self.name)
+        return self._db.read("SELECT count(*) FROM messages WHERE queue=?", (self.name,))[0][0]
+
+
+class LocalBackend(Backend):
+    """SQLite files under ``data_dir``; see the module docstring for guarantees."""
+
+    kind = "local"
+
+    def __init__(self, data_dir: Path | str, *, synchronous: str = "NORMAL") -> None:
+        super().__init__()
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise InvalidInput("synchronous must be NORMAL or FULL")
+        self.data_dir = Path(data_dir)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot create data directory {self.data_dir}: {exc}") from exc
+        self.table_db = _Database(self.data_dir / "tables.sqlite3", _TABLES_SCHEMA, synchronous.upper())
+        self.blob_db = _Database(self.data_dir / "blobs.sqlite3", _BLOBS_SCHEMA, synchronous.upper())
+        # Only positive answers are remembered: another process may create resources.
+        self._known: set[tuple[str, str]] = set()
+
+    def _require(self, db: _Database, registry: str, what: str, name: str) -> None:
+        if (registry, name) in self._known:
+            return
+        if not db.read(f"SELECT 1 FROM {registry} WHERE name=?", (name,)):  # registry is one of ours
+            raise NotFound(f"{what} {name!r} does not exist; call ensure() first")
+        self._known.add((registry, name))
+
+    def require_table(self, name: str) -> None:
+        self._require(self.table_db, "known_tables", "table", name)
+
+    def require_queue(self, name: str) -> None:
+        self._require(self.table_db, "known_queues", "queue", name)
+
+    def require_container(self, name: str) -> None:
+        self._require(self.blob_db, "containers", "container", name)
+
+    def _make_blobs(self, container: str) -> BlobStore:
+        return LocalBlobStore(container, self)
+
+    def _make_table(self, name: str) -> TableStore:
+        return LocalTableStore(name, self)
+
+    def _make_queue(self, name: str) -> QueueStore:
+        return LocalQueueStore(name, self)
+
+    def _ensure_container(self, name: str) -> None:
+        with self.blob_db.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO containers VALUES (?)", (name,))
+
+    def _ensure_table(self, name: str) -> None:
+        with self.table_db.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO known_tables VALUES (?)", (name,))
+
+    def _ensure_queue(self, name: str) -> None:
+        with self.table_db.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO known_queues VALUES (?)", (name,))
+
+    def ping(self) -> None:
+        self.table_db.read("SELECT 1")
+        self.blob_db.read("SELECT 1")
+
+    def close(self) -> None:
+        self.table_db.close()
+        self.blob_db.close()
