@@ -328,6 +328,10 @@ class Entity:
     row_key: str
     properties: dict[str, PropertyValue] = field(default_factory=dict)
     etag: str | None = None
+    #: Blob references of properties the offload layer moved out, as read with
+    #: ``etag``. A write conditional on that ETag replaces exactly this state, so
+    #: the layer can delete the old blobs without reading the entity again.
+    offloaded: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __getitem__(self, name: str) -> PropertyValue:
         return self.properties[name]
