@@ -61,3 +61,12 @@ APP_SETTINGS = (
     SETTING_AWS_QUEUE_PREFIX,
     SETTING_QUEUE_CONNECTION,
 )
+
+# Settings the platform reads, not the app, that the infrastructure templates may declare
+# (tests/test_infra.py accepts these besides APP_SETTINGS, "<SETTING_QUEUE_CONNECTION>__*" and
+# "<SETTING_HOST_STORAGE>__*"). Application Insights has local auth disabled, so the Functions
+# host sends telemetry with the identity named in the authentication string.
+PLATFORM_SETTINGS = (
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+)

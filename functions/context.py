@@ -1,0 +1,55 @@
+"""The services one function app instance uses, built on first use from settings."""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+
+from shared.apikeys import ApiKeyService
+from shared.commands import CommandProcessor, PoisonQueue
+from shared.config import Settings
+from shared.objects import ObjectService
+from shared.stores import Stores
+
+
+class AppContext:
+    """Holds one Stores and the services over it; nothing connects until first used."""
+
+    def __init__(self, settings: Settings, stores: Stores | None = None) -> None:
+        self.settings = settings
+        self._stores = stores
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> AppContext:
+        return cls(Settings.from_env())
+
+    @property
+    def stores(self) -> Stores:
+        if self._stores is None:
+            with self._lock:
+                if self._stores is None:
+                    stores = Stores.from_settings(self.settings)
+                    stores.ensure()
+                    self._stores = stores
+        return self._stores
+
+    @cached_property
+    def api_keys(self) -> ApiKeyService:
+        return ApiKeyService(self.stores)
+
+    @cached_property
+    def objects(self) -> ObjectService:
+        return ObjectService(self.stores)
+
+    @cached_property
+    def commands(self) -> CommandProcessor:
+        return CommandProcessor(self.stores)
+
+    @cached_property
+    def poison(self) -> PoisonQueue:
+        return PoisonQueue(self.stores)
+
+    def close(self) -> None:
+        if self._stores is not None:
+            self._stores.close()

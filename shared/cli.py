@@ -1,0 +1,177 @@
+"""The ``stowage`` command: serve the function app locally, manage keys and poison messages."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from shared.apikeys import ApiKeyService
+from shared.commands import PoisonQueue, envelope_json_schema
+from shared.config import Settings, apply_local_settings
+from shared.errors import StowageError
+from shared.stores import Stores
+
+console = Console()
+DEV_TENANT = "dev"
+DEV_KEY_FILE = "dev-api-key"
+
+
+def _stores() -> Stores:
+    stores = Stores.from_settings(Settings.from_env())
+    stores.ensure()
+    return stores
+
+
+def ensure_dev_key(stores: Stores) -> tuple[str, bool]:
+    """The dev tenant's key for the local backend, made on first start; (key, made_now)."""
+    key_file = stores.settings.data_dir / DEV_KEY_FILE
+    if key_file.is_file():
+        return key_file.read_text().strip(), False
+    _, key = ApiKeyService(stores).create(DEV_TENANT, label="made by stowage serve on first start")
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    return key, True
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from shared.host import LocalHost, asgi_app_of
+
+    sys.path.insert(0, str(Path.cwd()))
+    function_app = importlib.import_module("function_app")
+    context = function_app.context
+    port = args.port or int(os.environ.get("PORT", "7071"))
+    if context.settings.backend == "local":
+        key, made = ensure_dev_key(context.stores)
+        where = context.settings.data_dir / DEV_KEY_FILE
+        console.print(f"[bold]{'Created' if made else 'Using'} dev tenant '{DEV_TENANT}' key[/bold] (kept in {where}):")
+        console.print(f"  {key}", highlight=False, soft_wrap=True)
+    host = LocalHost(function_app.app, context.stores.backend, Path(args.host_json))
+    if not args.no_workers:
+        host.start()
+        for trigger in host.queues:
+            console.print(f"queue trigger [cyan]{trigger.name}[/cyan] polls '{trigger.queue_name}'")
+        for timer in host.timers:
+            console.print(f"timer trigger [cyan]{timer.name}[/cyan] on '{timer.schedule}'")
+    console.print(f"Stowage on http://{args.host}:{port} (backend: {context.settings.backend}); docs at /docs")
+    sys.stdout.flush()
+    server = uvicorn.Server(uvicorn.Config(asgi_app_of(function_app.app), host=args.host, port=port,
+                                           log_level=args.log_level, lifespan="on"))
+    try:
+        server.run()
+    finally:
+        host.stop()
+        context.close()
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    info, key = ApiKeyService(_stores()).create(args.tenant, label=args.label)
+    if args.json:
+        print(json.dumps({"key_id": info.key_id, "tenant": info.tenant, "api_key": key}))
+    else:
+        console.print(f"API key for tenant '{info.tenant}' (id {info.key_id}); it is shown only now:")
+        print(key)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    info = ApiKeyService(_stores()).revoke(args.key_id)
+    console.print(f"revoked key {info.key_id} of tenant '{info.tenant}' at {info.revoked_at}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    table = Table("key id", "tenant", "label", "created", "revoked")
+    for info in ApiKeyService(_stores()).list(args.tenant):
+        table.add_row(info.key_id, info.tenant, info.label, info.created_at, info.revoked_at or "")
+    console.print(table)
+    return 0
+
+
+def cmd_poison_list(args: argparse.Namespace) -> int:
+    entries = PoisonQueue(_stores()).list(args.limit)
+    if args.json:
+        print(json.dumps([e.__dict__ for e in entries], indent=2))
+        return 0
+    table = Table("message id", "reason", "attempts", "poisoned at", "message")
+    for entry in entries:
+        table.add_row(entry.message_id, entry.reason, str(entry.dequeue_count), entry.poisoned_at, entry.body[:80])
+    console.print(table)
+    return 0
+
+
+def cmd_poison_replay(args: argparse.Namespace) -> int:
+    moved = PoisonQueue(_stores()).replay(set(args.id) if args.id else None)
+    console.print(f"moved {moved} message(s) back to the commands queue")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(envelope_json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stowage", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the function app locally: HTTP, queue triggers and timers")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default: $PORT, else 7071")
+    serve.add_argument("--host-json", default="host.json")
+    serve.add_argument("--no-workers", action="store_true", help="HTTP only: no queue pollers or timers")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(run=cmd_serve)
+
+    keys = sub.add_parser("keys", help="tenant API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key for a tenant and print it once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--label", default="")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(run=cmd_keys_create)
+    revoke = keys.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=cmd_keys_revoke)
+    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--tenant")
+    listing.set_defaults(run=cmd_keys_list)
+
+    poison = sub.add_parser("poison", help="the commands poison queue").add_subparsers(dest="poison_command",
+                                                                                        required=True)
+    plist = poison.add_parser("list", help="messages that could not be applied, with their reasons")
+    plist.add_argument("--limit", type=int, default=32)
+    plist.add_argument("--json", action="store_true")
+    plist.set_defaults(run=cmd_poison_list)
+    replay = poison.add_parser("replay", help="move poison messages back to the commands queue")
+    replay.add_argument("--id", action="append", help="only this message id (repeatable)")
+    replay.set_defaults(run=cmd_poison_replay)
+
+    schema = sub.add_parser("command-schema", help="print the JSON Schema of queue command envelopes")
+    schema.set_defaults(run=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    apply_local_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except StowageError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
