@@ -48,7 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from shared.host import LocalHost, asgi_app_of
 
     sys.path.insert(0, str(Path.cwd()))
-    function_app = importlib.import_module("function_app")
+    module_name, _, attribute = args.app.partition(":")
+    function_app = importlib.import_module(module_name)
+    app = getattr(function_app, attribute or "app")
     context = function_app.context
     port = args.port or int(os.environ.get("PORT", "7071"))
     if context.settings.backend == "local":
@@ -56,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         where = context.settings.data_dir / DEV_KEY_FILE
         console.print(f"[bold]{'Created' if made else 'Using'} dev tenant '{DEV_TENANT}' key[/bold] (kept in {where}):")
         console.print(f"  {key}", highlight=False, soft_wrap=True)
-    host = LocalHost(function_app.app, context.stores.backend, Path(args.host_json))
+    host = LocalHost(app.get_functions(), context.stores.backend, Path(args.host_json))
     if not args.no_workers:
         host.start()
         for trigger in host.queues:
@@ -65,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             console.print(f"timer trigger [cyan]{timer.name}[/cyan] on '{timer.schedule}'")
     console.print(f"Stowage on http://{args.host}:{port} (backend: {context.settings.backend}); docs at /docs")
     sys.stdout.flush()
-    server = uvicorn.Server(uvicorn.Config(asgi_app_of(function_app.app), host=args.host, port=port,
+    server = uvicorn.Server(uvicorn.Config(asgi_app_of(app), host=args.host, port=port,
                                            log_level=args.log_level, lifespan="on"))
     try:
         server.run()
@@ -130,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: $PORT, else 7071")
     serve.add_argument("--host-json", default="host.json")
+    serve.add_argument("--app", default="function_app:app",
+                       help="module:attribute of the FunctionApp (the module must also define `context`)")
     serve.add_argument("--no-workers", action="store_true", help="HTTP only: no queue pollers or timers")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(run=cmd_serve)

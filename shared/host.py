@@ -30,6 +30,7 @@ from typing import Any
 
 import azure.functions as func
 from azure.functions.queue import QueueMessage as HostQueueMessage
+from azure.functions.timer import TimerRequest as HostTimerRequest
 from croniter import croniter
 
 from shared import names
@@ -155,23 +156,26 @@ class TimerTrigger:
         return croniter(self.schedule, moment, ret_type=datetime, second_at_beginning=True).get_next(datetime)
 
     def fire(self, *, past_due: bool = False) -> None:
-        _invoke(self._user_function, **{self.arg_name: func.TimerRequest(past_due=past_due)})
+        _invoke(self._user_function, **{self.arg_name: HostTimerRequest(past_due=past_due)})
 
 
 class LocalHost:
     """Queue pollers and timers for a function app, on background threads."""
 
-    def __init__(self, app: func.FunctionApp, backend: Backend, host_json: Path) -> None:
+    def __init__(self, functions: list[Any], backend: Backend, host_json: Path) -> None:
+        """``functions``: ``app.get_functions()``, which may be called only once per app."""
         settings = QueueSettings.from_host_json(host_json)
         self.queues: list[QueueTrigger] = []
         self.timers: list[TimerTrigger] = []
-        for function in app.get_functions():
+        for function in functions:
             kind = _binding(function)["type"]
             if kind == "queueTrigger":
                 self.queues.append(QueueTrigger(function, backend, settings))
             elif kind == "timerTrigger":
                 self.timers.append(TimerTrigger(function))
         self.queue_settings = settings
+        # The Functions host creates a trigger's poison queue when it first needs it; ensure both up front.
+        backend.ensure(queues=[name for q in self.queues for name in (q.queue_name, q.poison.name)])
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
