@@ -69,7 +69,8 @@ class ObjectsPutPayload(_Strict):
     if_match: str | None = Field(default=None, description="Apply only if the object is at this version.")
     ttl_seconds: int | None = Field(default=None, ge=1, description="Expire the object this many seconds after.")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={
+        "oneOf": [{"required": ["json"]}, {"required": ["text"]}, {"required": ["base64"]}]})
 
     @model_validator(mode="after")
     def _one_content(self) -> ObjectsPutPayload:
@@ -99,6 +100,9 @@ class ObjectsDeletePayload(_Strict):
 
 
 class _EnvelopeBase(_Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["payload"]}, {"required": ["payload_ref"]}]})
+
     version: Literal[1] = Field(description="Envelope format version.")
     tenant: str = Field(description="Tenant the command acts for.")
     idempotency_key: str = Field(min_length=1, max_length=200, description="Same key, same effect: redeliveries and retries apply once.")

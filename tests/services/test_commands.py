@@ -108,5 +108,12 @@ def test_published_schema_matches_the_code_and_validates_envelopes():
     published = json.loads(SCHEMA_FILE.read_text())
     assert published == envelope_json_schema(), "regenerate docs/commands.schema.json: stowage command-schema"
     jsonschema.validate(json.loads(_envelope("acme", key="k", json=[1, 2])), published)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"version": 1, "op": "objects.put", "tenant": "a"}, published)
+    for invalid in (
+        {"version": 1, "op": "objects.put", "tenant": "a"},  # no idempotency key, no payload
+        {"version": 1, "op": "objects.put", "tenant": "a", "idempotency_key": "k"},  # no payload
+        {"version": 1, "op": "objects.put", "tenant": "a", "idempotency_key": "k",
+         "payload": {"key": "x", "text": "a", "json": 1}},  # two contents
+        {"version": 2, "op": "objects.delete", "tenant": "a", "idempotency_key": "k", "payload": {"key": "x"}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(invalid, published)
