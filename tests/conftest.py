@@ -23,15 +23,9 @@ Fixtures for later suites:
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +33,8 @@ import pytest
 
 from shared.backends import Backend, BlobStore, QueueStore, TableStore, create_backend
 from shared.config import BACKENDS, Settings
+from tests.emulators import Azurite, EmulatorError, Moto, free_port, start_azurite, start_moto  # noqa: F401
 
-REPO = Path(__file__).resolve().parent.parent
-AZURITE = REPO / "node_modules" / ".bin" / "azurite"
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-STARTUP_DEADLINE = 60.0
 ENV_BACKENDS = "STOWAGE_TEST_BACKENDS"
 
 
@@ -75,144 +65,26 @@ def pytest_report_header(config: pytest.Config) -> str:
 # --------------------------------------------------------------------------- emulator processes
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def _wait_ready(name: str, proc: subprocess.Popen, log: Path, ready: Callable[[], bool]) -> None:
-    """Poll ``ready`` until it holds; fail with the log when the process dies or the deadline passes."""
-    deadline = time.monotonic() + STARTUP_DEADLINE
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"{name} exited with code {proc.returncode} before it was ready. Log:\n{_log_tail(log)}", pytrace=False)
-        if ready():
-            return
-        if time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail(f"{name} was not ready within {STARTUP_DEADLINE:.0f} s. Log:\n{_log_tail(log)}", pytrace=False)
-        time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@dataclass(frozen=True)
-class Azurite:
-    blob_port: int
-    queue_port: int
-    table_port: int
-
-    @property
-    def connection_string(self) -> str:
-        base = "http://127.0.0.1"
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint={base}:{self.blob_port}/{AZURITE_ACCOUNT};"
-            f"QueueEndpoint={base}:{self.queue_port}/{AZURITE_ACCOUNT};"
-            f"TableEndpoint={base}:{self.table_port}/{AZURITE_ACCOUNT};"
-        )
-
-
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     """Azurite (blob, queue, table) in memory on free loopback ports, for the session."""
-    if not AZURITE.exists():
-        pytest.fail(f"Azurite is not installed at {AZURITE}: run `npm install` in {REPO}", pytrace=False)
-    if shutil.which("node") is None:
-        pytest.fail("Azurite needs Node.js (`node` is not on PATH)", pytrace=False)
-    workdir = tmp_path_factory.mktemp("azurite")
-    log = workdir / "azurite.log"
-    ports = Azurite(free_port(), free_port(), free_port())
-    command = [
-        str(AZURITE), "--silent", "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--loose",
-        "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
-        "--blobPort", str(ports.blob_port), "--queuePort", str(ports.queue_port), "--tablePort", str(ports.table_port),
-    ]  # fmt: skip
-    with log.open("wb") as out:
+    with ExitStack() as stack:
         try:
-            proc = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        except OSError as exc:
-            pytest.fail(f"could not start Azurite ({AZURITE}): {exc}", pytrace=False)
-    try:
-        _wait_ready(
-            "Azurite", proc, log,
-            lambda: all(_port_open(p) for p in (ports.blob_port, ports.queue_port, ports.table_port)),
-        )  # fmt: skip
-        yield ports
-    finally:
-        _stop(proc)
-
-
-@dataclass(frozen=True)
-class Moto:
-    endpoint_url: str
+            emulator = stack.enter_context(start_azurite(tmp_path_factory.mktemp("azurite")))
+        except EmulatorError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield emulator
 
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
     """moto server (S3, DynamoDB, SQS) on a free loopback port, with fake credentials set for the session."""
-    executable = Path(sys.executable).parent / "moto_server"
-    if not executable.exists():
-        pytest.fail(f"moto_server is not installed at {executable}: pip install -r requirements-dev.txt", pytrace=False)
-    workdir = tmp_path_factory.mktemp("moto")
-    log = workdir / "moto.log"
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
+    with ExitStack() as stack:
         try:
-            proc = subprocess.Popen(
-                [str(executable), "-H", "127.0.0.1", "-p", str(port)],
-                cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        except OSError as exc:
-            pytest.fail(f"could not start moto_server ({executable}): {exc}", pytrace=False)
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
-                return True
-        except urllib.error.HTTPError:
-            return True  # it answered HTTP, so it is up
-        except OSError:
-            return False
-
-    patch = pytest.MonkeyPatch()
-    try:
-        _wait_ready("moto_server", proc, log, answers)
-        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        for name in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-            patch.delenv(name, raising=False)
-        yield Moto(endpoint)
-    finally:
-        patch.undo()
-        _stop(proc)
+            emulator = stack.enter_context(start_moto(tmp_path_factory.mktemp("moto")))
+        except EmulatorError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield emulator
 
 
 # --------------------------------------------------------------------------- settings and backends

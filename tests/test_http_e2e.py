@@ -22,7 +22,7 @@ from shared import names
 from shared.commands import CommandClient
 from shared.config import Settings
 from shared.stores import Stores
-from tests.conftest import free_port
+from tests.emulators import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STOWAGE = str(Path(sys.executable).with_name("stowage"))

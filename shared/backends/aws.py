@@ -3,7 +3,8 @@
 Layout:
 
 * Blobs: one S3 bucket; a container is the first key segment, so blob ``k`` of
-  container ``c`` is the S3 object ``c/k``. ETags are S3's, quotes included.
+  container ``c`` is the S3 object ``c/k``, byte for byte. The ETag is S3's,
+  and conditional requests are S3's ``IfMatch`` / ``IfNoneMatch``.
 * Tables: one DynamoDB table per logical table (``table_prefix + name``) with
   string keys ``pk`` (HASH) and ``rk`` (RANGE), on-demand capacity. Every write
   stores a fresh ``etag`` attribute (uuid4 hex); conditions compare it.
@@ -39,7 +40,6 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,7 +47,13 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError, PartialCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
 
 from shared.backends.base import (
     Backend,
@@ -91,7 +97,7 @@ _CONFLICT_CODES = frozenset({
     "QueueAlreadyExists", "QueueNameExists", "AWS.SimpleQueueService.QueueDeletedRecently", "QueueDeletedRecently",
 })
 _TOO_LARGE_CODES = frozenset({
-    "413", "EntityTooLarge", "RequestEntityTooLarge",
+    "413", "EntityTooLarge", "MetadataTooLarge", "RequestEntityTooLarge",
     "ItemCollectionSizeLimitExceededException", "ItemCollectionSizeLimitExceeded",
 })
 _INVALID_CODES = frozenset({
@@ -143,7 +149,10 @@ def _translate(exc: ClientError | BotoCoreError, what: str) -> StowageError:
         return Conflict(text)
     if code in _TOO_LARGE_CODES:
         return TooLarge(text)
-    if code in ("ValidationException", "ValidationError") and ("maximum allowed size" in message or "size has exceeded" in message):
+    # DynamoDB reports an oversized item as a validation error.
+    if code in ("ValidationException", "ValidationError") and (
+        "maximum allowed size" in message or "size has exceeded" in message
+    ):
         return TooLarge(text)
     if code in _INVALID_CODES:
         return InvalidInput(text)
@@ -250,14 +259,11 @@ class AwsBackend(Backend):
         self._s3: Any = session.client("s3", endpoint_url=options.endpoint_url, config=config)
         self._dynamodb: Any = session.client("dynamodb", endpoint_url=options.endpoint_url, config=config)
         self._sqs: Any = session.client("sqs", endpoint_url=options.endpoint_url, config=config)
-        # S3 listings carry no content type or metadata: list() heads each key in parallel.
-        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="stowage-s3")
         self._queue_urls: dict[str, str] = {}
         self._bucket_ready = False
 
     def close(self) -> None:
-        """Stop the head-request threads and close the HTTP connection pools."""
-        self._executor.shutdown(wait=True)
+        """Close the HTTP connection pools."""
         for client in (self._s3, self._dynamodb, self._sqs):
             client.close()
 
@@ -329,7 +335,10 @@ class AwsBackend(Backend):
                 with _aws(f"create table {table}", in_use):
                     self._dynamodb.create_table(
                         TableName=table,
-                        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "rk", "KeyType": "RANGE"}],
+                        KeySchema=[
+                            {"AttributeName": "pk", "KeyType": "HASH"},
+                            {"AttributeName": "rk", "KeyType": "RANGE"},
+                        ],
                         AttributeDefinitions=[
                             {"AttributeName": "pk", "AttributeType": "S"},
                             {"AttributeName": "rk", "AttributeType": "S"},
@@ -338,16 +347,13 @@ class AwsBackend(Backend):
                     )
             except _Done:
                 pass
-            with _aws(f"wait for table {table}"):
-                self._dynamodb.get_waiter("table_exists").wait(
-                    TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
-                )
-                description = self._dynamodb.describe_table(TableName=table)["Table"]
+            description = {}  # just created (or being created): wait below
         if description.get("TableStatus") != "ACTIVE":
             with _aws(f"wait for table {table}"):
                 self._dynamodb.get_waiter("table_exists").wait(
                     TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
                 )
+                description = self._dynamodb.describe_table(TableName=table)["Table"]
         schema = {(k["AttributeName"], k["KeyType"]) for k in description.get("KeySchema", [])}
         if schema != {("pk", "HASH"), ("rk", "RANGE")}:
             raise Conflict(f"DynamoDB table {table} exists with another key schema than pk (HASH), rk (RANGE)")
@@ -397,14 +403,20 @@ class _Retry(StowageError):
 # --------------------------------------------------------------------------- blobs
 
 
+
 class AwsBlobStore(BlobStore):
-    """Blobs of one container: S3 objects under ``<container>/`` in the backend's bucket."""
+    """Blobs of one container: S3 objects under ``<container>/`` in the backend's bucket.
+
+    The ETag is S3's own, and conditional writes and deletes are S3's own
+    ``IfMatch`` / ``IfNoneMatch``, so they are atomic. S3's ETag of a single-part
+    upload is a digest of the content, which is what the contract asks: it
+    changes whenever the content changes.
+    """
 
     def __init__(self, backend: AwsBackend, container: str) -> None:
         super().__init__(container)
         self._s3 = backend._s3
         self._bucket = backend.options.bucket
-        self._executor = backend._executor
         self._root = container + "/"
 
     def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
@@ -420,16 +432,13 @@ class AwsBlobStore(BlobStore):
             kwargs["IfMatch"] = if_match
         elif if_none_match:
             kwargs["IfNoneMatch"] = "*"
-
         # S3 answers 409 ConditionalRequestConflict while a concurrent conditional
         # write to the key is in flight and asks for a retry, which then gives the
         # definite answer; a few tries, then the conflict counts as a lost race.
         attempts = 3 if (if_match is not None or if_none_match) else 1
         response: dict[str, Any] = {}
         for attempt in range(attempts):
-            special = functools.partial(
-                self._put_failure, key, if_match, if_none_match, attempt < attempts - 1
-            )
+            special = functools.partial(self._put_failure, key, if_match, if_none_match, attempt < attempts - 1)
             try:
                 with _aws(f"put blob {key!r}", special):
                     response = self._s3.put_object(**kwargs)
@@ -437,7 +446,7 @@ class AwsBlobStore(BlobStore):
             except _Retry:
                 continue
         # PutObject returns no Last-Modified; head() has it. Not guessed from the Date header.
-        return BlobProperties(key, response["ETag"], len(data), content_type, dict(metadata), None)
+        return BlobProperties(key, str(response["ETag"]), len(data), content_type, dict(metadata), None)
 
     def _put_failure(self, key: str, if_match: str | None, if_none_match: bool, may_retry: bool,
                      exc: ClientError) -> StowageError | None:
@@ -445,12 +454,15 @@ class AwsBlobStore(BlobStore):
         if code in ("ConditionalRequestConflict", "409") and may_retry:
             return _Retry()
         if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-            return None  # e.g. NoSuchKey for if_match on a missing blob: NotFound, as the contract says
+            return None  # e.g. NoSuchKey for if_match on a blob deleted meanwhile: NotFound
         if if_none_match:
             return AlreadyExists(f"blob {key!r} already exists in {self.container}")
         if if_match is not None:
-            return PreconditionFailed(f"blob {key!r} in {self.container} has changed (ETag mismatch)")
+            return self._changed(key)
         return None
+
+    def _changed(self, key: str) -> PreconditionFailed:
+        return PreconditionFailed(f"blob {key!r} in {self.container} has changed (ETag mismatch)")
 
     def _get(self, key: str) -> Blob:
         with _aws(f"get blob {key!r}"):
@@ -461,24 +473,22 @@ class AwsBlobStore(BlobStore):
 
     def _head(self, key: str) -> BlobProperties:
         with _aws(f"head blob {key!r}"):
-            response = self._s3.head_object(Bucket=self._bucket, Key=self._root + key)
-        return self._properties(key, response)
+            return self._properties(key, self._s3.head_object(Bucket=self._bucket, Key=self._root + key))
 
     def _delete(self, key: str, if_match: str | None) -> None:
-        # S3 DeleteObject succeeds on a missing key (also with If-Match on AWS), so
-        # look first for the contract's NotFound. If the blob vanishes between the
-        # head and the delete, the delete still succeeds: it is gone either way.
-        current = self._head(key)
+        # S3 DeleteObject succeeds on a missing key, so look first for the contract's
+        # NotFound. If the blob vanishes between the head and the delete, the delete
+        # still succeeds: it is gone either way.
         kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": self._root + key}
+        current = self._head(key)
         if if_match is not None:
             if current.etag != if_match:
-                raise PreconditionFailed(f"blob {key!r} in {self.container} has changed (ETag mismatch)")
-            # Still conditional: the blob may be replaced between head and delete.
-            kwargs["IfMatch"] = if_match
+                raise self._changed(key)
+            kwargs["IfMatch"] = if_match  # atomic against a write since the head
 
         def conditional(exc: ClientError) -> StowageError | None:
             if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                return PreconditionFailed(f"blob {key!r} in {self.container} has changed (ETag mismatch)")
+                return self._changed(key)
             return None
 
         with _aws(f"delete blob {key!r}", conditional):
@@ -494,30 +504,25 @@ class AwsBlobStore(BlobStore):
             kwargs["ContinuationToken"] = token
         with _aws(f"list blobs under {prefix!r}"):
             response = self._s3.list_objects_v2(**kwargs)
-        keys = [obj["Key"][len(self._root):] for obj in response.get("Contents", [])]
-        keys = [key for key in keys if key]
-        # Listings lack content type and metadata, which BlobProperties promises:
-        # head each key, in parallel on the backend's pool.
-        heads = list(self._executor.map(self._head_if_present, keys))
-        items = [props for props in heads if props is not None]
+        items = [
+            BlobProperties(obj["Key"][len(self._root):], str(obj["ETag"]), int(obj["Size"]), "", {},
+                           obj.get("LastModified"))
+            for obj in response.get("Contents", [])
+            if obj["Key"] != self._root
+        ]
         next_token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
         token_out = encode_continuation({"c": self.container, "p": prefix, "t": next_token}) if next_token else None
         return Page(items, token_out)
 
-    def _head_if_present(self, key: str) -> BlobProperties | None:
-        try:
-            return self._head(key)
-        except NotFound:
-            return None  # deleted since it was listed
-
     @staticmethod
     def _properties(key: str, response: dict[str, Any]) -> BlobProperties:
+        metadata = {str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()}
         return BlobProperties(
             key=key,
-            etag=response["ETag"],
+            etag=str(response["ETag"]),
             size=int(response["ContentLength"]),
             content_type=response.get("ContentType") or "application/octet-stream",
-            metadata={str(k).lower(): str(v) for k, v in (response.get("Metadata") or {}).items()},
+            metadata=metadata,
             last_modified=response.get("LastModified"),
         )
 
@@ -652,25 +657,29 @@ class AwsTableStore(TableStore):
 
     def _query(self, partition_key: str, start: str | None, end: str | None, limit: int,
                continuation: str | None) -> Page[Entity]:
-        names = {"#pk": "pk", "#rk": "rk"}
+        names = {"#pk": "pk"}
         values: dict[str, Any] = {":pk": {"S": partition_key}}
         expression = "#pk = :pk"
         keep: Callable[[dict[str, Any]], bool] | None = None
+        if start is not None or end is not None:
+            names["#rk"] = "rk"  # DynamoDB rejects names an expression does not use
         if start is not None and end is not None:
             if start >= end:  # Python compares by code point, as DynamoDB does (UTF-8 bytes)
                 return Page([])
             # One sort-key condition only: BETWEEN is inclusive, so drop rk == end here.
             expression += " AND #rk BETWEEN :start AND :end"
             values[":start"], values[":end"] = {"S": start}, {"S": end}
-            keep = lambda item: item["rk"]["S"] != end  # noqa: E731
+
+            def before_end(item: dict[str, Any]) -> bool:
+                return bool(item["rk"]["S"] != end)
+
+            keep = before_end
         elif start is not None:
             expression += " AND #rk >= :start"
             values[":start"] = {"S": start}
         elif end is not None:
             expression += " AND #rk < :end"
             values[":end"] = {"S": end}
-        else:
-            names = {"#pk": "pk"}
         start_key = self._start_key(continuation)
         if start_key is not None and start_key["pk"]["S"] != partition_key:
             raise InvalidInput("continuation token belongs to another partition")
@@ -822,7 +831,10 @@ class AwsQueueStore(QueueStore):
         body = raw.get("Body", "")
         encoding = raw.get("MessageAttributes", {}).get(_ENCODING_ATTRIBUTE, {}).get("StringValue")
         if encoding == "base64":
-            body = base64.b64decode(body).decode("utf-8")
+            try:
+                body = base64.b64decode(body, validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError) as exc:  # binascii.Error is a ValueError
+                raise BackendUnavailable(f"message {raw['MessageId']} of a queue is not valid base64") from exc
         attributes = raw.get("Attributes", {})
         sent = attributes.get("SentTimestamp")
         return QueueMessage(

@@ -10,10 +10,13 @@ module bridges the gap:
 * ``TableClient.delete_entity`` ignores 404; the contract wants NotFound.
 * Integers are always written as ``Edm.Int64`` so every value in the 64-bit range
   round-trips as a Python int, and one property keeps one type as it grows.
+* Azure compares row keys by UTF-16 code unit, not by code point: row keys are
+  stored with an order-preserving escape (see ``_encode_row_key``).
 * Azure refuses a receive with a visibility timeout of 0; it receives with 1 s
   and then makes the messages visible again.
 * A conditional write or delete of a blob that is gone fails with 412; the
   contract wants NotFound, so a failed condition is checked against existence.
+* Blob listings give ETags unquoted, headers quoted; all are returned quoted.
 
 SDK errors become :mod:`shared.errors` in one place, :func:`_translated`.
 """
@@ -189,7 +192,7 @@ class AzureOptions:
         if bool(self.connection_string) == bool(self.account_name):
             given = "both are set" if self.connection_string else "neither is set"
             raise InvalidInput(f"the azure backend needs one way to connect: {how} ({given})")
-        if self.account_name is not None and not _ACCOUNT_NAME.match(self.account_name):
+        if self.account_name and not _ACCOUNT_NAME.match(self.account_name):
             raise InvalidInput(
                 f"{names.SETTING_AZURE_ACCOUNT_NAME} must be a storage account name "
                 f"(3-24 lowercase letters and digits), got {self.account_name!r}"
@@ -206,6 +209,11 @@ class AzureOptions:
 
 
 # --------------------------------------------------------------------------- blobs
+
+
+def _quoted(etag: str) -> str:
+    """Listings give ETags bare (0x8D...), headers quoted ("0x8D..."): one form, so they compare equal."""
+    return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
 
 
 class AzureBlobStore(BlobStore):
@@ -226,7 +234,15 @@ class AzureBlobStore(BlobStore):
             return missing
         return exc
 
-    def _put(self, key, data, content_type, metadata, if_match, if_none_match) -> BlobProperties:
+    def _put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        metadata: dict[str, str],
+        if_match: str | None,
+        if_none_match: bool,
+    ) -> BlobProperties:
         blob = self._client.get_blob_client(key)
         conditions: dict[str, Any] = {}
         if if_match is not None:
@@ -242,31 +258,32 @@ class AzureBlobStore(BlobStore):
                 )
         except PreconditionFailed as exc:
             raise self._gone_or_changed(key, exc) from exc.__cause__
-        return BlobProperties(key, result["etag"], len(data), content_type, dict(metadata), result["last_modified"])
+        etag, modified = _quoted(result["etag"]), result["last_modified"]
+        return BlobProperties(key, etag, len(data), content_type, dict(metadata), modified)
 
     @staticmethod
     def _properties(key: str, props: Any) -> BlobProperties:
         return BlobProperties(
             key=key,
-            etag=props.etag,
+            etag=_quoted(props.etag),
             size=props.size,
             content_type=props.content_settings.content_type or "application/octet-stream",
             metadata=dict(props.metadata or {}),
             last_modified=props.last_modified,
         )
 
-    def _get(self, key) -> Blob:
+    def _get(self, key: str) -> Blob:
         with _translated(self._what(key)):
             downloader = self._client.get_blob_client(key).download_blob()
             data = downloader.readall()
         return Blob(self._properties(key, downloader.properties), data)
 
-    def _head(self, key) -> BlobProperties:
+    def _head(self, key: str) -> BlobProperties:
         with _translated(self._what(key)):
             props = self._client.get_blob_client(key).get_blob_properties()
         return self._properties(key, props)
 
-    def _delete(self, key, if_match) -> None:
+    def _delete(self, key: str, if_match: str | None) -> None:
         conditions: dict[str, Any] = {}
         if if_match is not None:
             conditions = {"etag": if_match, "match_condition": MatchConditions.IfNotModified}
@@ -276,7 +293,7 @@ class AzureBlobStore(BlobStore):
         except PreconditionFailed as exc:
             raise self._gone_or_changed(key, exc) from exc.__cause__
 
-    def _list(self, prefix, limit, continuation) -> Page[BlobProperties]:
+    def _list(self, prefix: str, limit: int, continuation: str | None) -> Page[BlobProperties]:
         marker = None
         if continuation:
             marker = decode_continuation(continuation).get("marker")
@@ -284,9 +301,9 @@ class AzureBlobStore(BlobStore):
                 raise InvalidInput("continuation token is not one this service issued")
 
         def fetch(token: str | None) -> tuple[list[BlobProperties], str | None]:
-            pages = self._client.list_blobs(
-                name_starts_with=prefix or None, include=["metadata"], results_per_page=limit
-            ).by_page(continuation_token=token)
+            pages = self._client.list_blobs(name_starts_with=prefix or None, results_per_page=limit).by_page(
+                continuation_token=token
+            )
             items = [self._properties(b.name, b) for b in next(pages)]
             return items, pages.continuation_token or None
 
@@ -298,9 +315,49 @@ class AzureBlobStore(BlobStore):
 # --------------------------------------------------------------------------- tables
 
 
+# Row keys are stored so that Azure's order is code point order. Azure compares UTF-16 code
+# units, which puts U+E000..U+FFFF (private use, CJK compatibility, fullwidth forms, U+FFFD)
+# above every supplementary character (surrogates are U+D800..U+DFFF). Those characters, and the
+# escape U+D7FF itself, are stored as U+D7FF plus one CJK ideograph (U+4E00.. in order), which
+# sorts below the surrogates and keeps their order; every other character is stored as it is.
+_ESCAPE = "\ud7ff"
+_ESCAPED_BASE = 0x4E00  # U+D7FF -> ESCAPE + U+4E00; U+E000 + n -> ESCAPE + U+4E01 + n
+
+
+def _encode_row_key(key: str) -> str:
+    if not any(ch == _ESCAPE or ch >= "\ue000" for ch in key):
+        return key
+    out = []
+    for ch in key:
+        code = ord(ch)
+        if code == 0xD7FF:
+            out.append(_ESCAPE + chr(_ESCAPED_BASE))
+        elif 0xE000 <= code <= 0xFFFF:
+            out.append(_ESCAPE + chr(_ESCAPED_BASE + 1 + code - 0xE000))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _decode_row_key(stored: str) -> str:
+    if _ESCAPE not in stored:
+        return stored
+    out = []
+    i = 0
+    while i < len(stored):
+        offset = ord(stored[i + 1]) - _ESCAPED_BASE if stored[i] == _ESCAPE and i + 1 < len(stored) else -1
+        if 0 <= offset <= 0x2000:
+            out.append(_ESCAPE if offset == 0 else chr(0xE000 + offset - 1))
+            i += 2
+        else:  # not an escape we wrote (a key from another tool): keep it as it is
+            out.append(stored[i])
+            i += 1
+    return "".join(out)
+
+
 def _to_azure(entity: Entity) -> dict[str, Any]:
     """An SDK entity: ints are tagged Int64 so Python ints of any 64-bit size round-trip."""
-    out: dict[str, Any] = {"PartitionKey": entity.partition_key, "RowKey": entity.row_key}
+    out: dict[str, Any] = {"PartitionKey": entity.partition_key, "RowKey": _encode_row_key(entity.row_key)}
     for name, value in entity.properties.items():
         if isinstance(value, int) and not isinstance(value, bool):
             out[name] = EntityProperty(value, EdmType.INT64)
@@ -322,7 +379,7 @@ def _from_azure(raw: TableEntity) -> Entity:
         elif isinstance(value, UUID):
             value = str(value)
         properties[name] = value
-    return Entity(raw["PartitionKey"], raw["RowKey"], properties, raw.metadata.get("etag"))
+    return Entity(raw["PartitionKey"], _decode_row_key(raw["RowKey"]), properties, raw.metadata.get("etag"))
 
 
 def _condition(if_match: str | None) -> dict[str, Any]:
@@ -335,7 +392,7 @@ def _decode_table_token(continuation: str | None) -> dict[str, str | None] | Non
         return None
     state = decode_continuation(continuation)
     pk, rk = state.get("pk"), state.get("rk")
-    if not (isinstance(pk, str) or pk is None) or not (isinstance(rk, str) or rk is None) or (pk is None and rk is None):
+    if not all(isinstance(k, str) or k is None for k in (pk, rk)) or (pk is None and rk is None):
         raise InvalidInput("continuation token is not one this service issued")
     return {"PartitionKey": pk, "RowKey": rk}
 
@@ -356,18 +413,26 @@ class AzureTableStore(TableStore):
     def _what(self, partition_key: str, row_key: str) -> str:
         return f"entity ({partition_key!r}, {row_key!r}) in table {self.name!r}"
 
-    def _get(self, partition_key, row_key) -> Entity:
+    def _get(self, partition_key: str, row_key: str) -> Entity:
         with _translated(self._what(partition_key, row_key)):
-            return _from_azure(self._client.get_entity(partition_key, row_key))
+            return _from_azure(self._client.get_entity(partition_key, _encode_row_key(row_key)))
 
-    def _exists(self, partition_key: str, row_key: str) -> bool:
+    def _condition_failure(self, entity: Entity, if_match: str, exc: StowageError) -> StowageError:
+        """What a failed conditional change means: NotFound, PreconditionFailed, or ``exc`` itself.
+
+        Azure answers 400 (not 412) to an ETag it could never have issued, and emulators
+        have answered 412 for missing entities; the current entity tells which case it is.
+        """
+        what = self._what(entity.partition_key, entity.row_key)
         try:
-            self._get(partition_key, row_key)
-        except NotFound:
-            return False
-        return True
+            current = self._get(entity.partition_key, entity.row_key)
+        except NotFound as missing:
+            return missing
+        if current.etag == if_match:
+            return exc  # the ETag was not the problem
+        return exc if isinstance(exc, PreconditionFailed) else PreconditionFailed(f"{what} has changed (ETag mismatch)")
 
-    def _write(self, kind, entity, if_match) -> str:
+    def _write(self, kind: OpKind, entity: Entity, if_match: str | None) -> str:
         what = self._what(entity.partition_key, entity.row_key)
         try:
             with _translated(what):
@@ -376,15 +441,19 @@ class AzureTableStore(TableStore):
                 elif kind is OpKind.UPSERT:
                     result = self._client.upsert_entity(_to_azure(entity), mode=UpdateMode.REPLACE)
                 elif kind is OpKind.UPDATE:
-                    result = self._client.update_entity(_to_azure(entity), mode=UpdateMode.REPLACE, **_condition(if_match))
+                    result = self._client.update_entity(
+                        _to_azure(entity), mode=UpdateMode.REPLACE, **_condition(if_match)
+                    )
                 else:
                     self._delete_entity(entity.partition_key, entity.row_key, if_match, what)
                     return ""
-        except PreconditionFailed as exc:
-            # Azure answers 404 for a conditional change of a missing entity; this guards emulators that say 412.
-            if not self._exists(entity.partition_key, entity.row_key):
-                raise NotFound(f"{what} does not exist") from exc
-            raise
+        except (PreconditionFailed, InvalidInput) as exc:
+            if if_match is None:
+                raise
+            failure = self._condition_failure(entity, if_match, exc)
+            if failure is exc:
+                raise
+            raise failure from exc
         return result["etag"]
 
     def _delete_entity(self, partition_key: str, row_key: str, if_match: str | None, what: str) -> None:
@@ -394,7 +463,9 @@ class AzureTableStore(TableStore):
             statuses.append(response.http_response.status_code)
 
         # delete_entity swallows 404; the raw response hook still sees the final status.
-        self._client.delete_entity(partition_key, row_key, raw_response_hook=record, **_condition(if_match))
+        self._client.delete_entity(
+            partition_key, _encode_row_key(row_key), raw_response_hook=record, **_condition(if_match)
+        )
         if statuses and statuses[-1] == 404:
             raise NotFound(f"{what} does not exist")
 
@@ -408,24 +479,26 @@ class AzureTableStore(TableStore):
             items, next_token = _first_nonempty_page(one, _decode_table_token(token))
         return Page(items, _encode_table_token(next_token))
 
-    def _query(self, partition_key, start, end, limit, continuation) -> Page[Entity]:
+    def _query(
+        self, partition_key: str, start: str | None, end: str | None, limit: int, continuation: str | None
+    ) -> Page[Entity]:
         # Parameters are substituted (quoted and escaped) by the SDK; values never touch the filter text.
         query = "PartitionKey eq @pk"
         parameters: dict[str, Any] = {"pk": partition_key}
         if start is not None:
             query += " and RowKey ge @start"
-            parameters["start"] = start
+            parameters["start"] = _encode_row_key(start)
         if end is not None:
             query += " and RowKey lt @end"
-            parameters["end"] = end
+            parameters["end"] = _encode_row_key(end)
         return self._page(
             continuation,
-            lambda token: self._client.query_entities(
-                query, parameters=parameters, results_per_page=limit
-            ).by_page(continuation_token=token),
+            lambda token: self._client.query_entities(query, parameters=parameters, results_per_page=limit).by_page(
+                continuation_token=token
+            ),
         )
 
-    def _scan(self, limit, continuation) -> Page[Entity]:
+    def _scan(self, limit: int, continuation: str | None) -> Page[Entity]:
         return self._page(
             continuation,
             lambda token: self._client.list_entities(results_per_page=limit).by_page(continuation_token=token),
@@ -452,10 +525,16 @@ class AzureTableStore(TableStore):
                 f"batch operation {index} ({failed.kind.value} of "
                 f"{self._what(failed.entity.partition_key, failed.entity.row_key)})"
             )
-            raise _translate(exc, what) from exc
+            error = _translate(exc, what)
+            if failed.if_match is not None and isinstance(error, (PreconditionFailed, InvalidInput)):
+                error = self._condition_failure(failed.entity, failed.if_match, error)
+            raise error from exc
         except AzureError as exc:
             raise _translate(exc, f"batch on table {self.name!r}") from exc
-        return [None if op.kind is OpKind.DELETE else result.get("etag") for op, result in zip(operations, results)]
+        return [
+            None if op.kind is OpKind.DELETE else result.get("etag")
+            for op, result in zip(operations, results, strict=True)
+        ]
 
 
 # --------------------------------------------------------------------------- queues
@@ -483,11 +562,11 @@ class AzureQueueStore(QueueStore):
             raise InvalidInput("receipt is not one this queue issued")
         return message_id, pop_receipt
 
-    def _send(self, body, delay_seconds) -> str:
+    def _send(self, body: str, delay_seconds: int) -> str:
         with _translated(self._what):
             return self._client.send_message(body, visibility_timeout=delay_seconds).id
 
-    def _receive(self, max_messages, visibility_timeout) -> list[QueueMessage]:
+    def _receive(self, max_messages: int, visibility_timeout: int) -> list[QueueMessage]:
         with _translated(self._what):
             # Azure wants at least 1 s; a 0 s receive is a 1 s receive made visible again at once.
             pages = self._client.receive_messages(
@@ -498,7 +577,8 @@ class AzureQueueStore(QueueStore):
             for message in received:
                 pop_receipt = message.pop_receipt
                 if visibility_timeout == 0:
-                    pop_receipt = self._client.update_message(message.id, pop_receipt, visibility_timeout=0).pop_receipt
+                    updated = self._client.update_message(message.id, pop_receipt, visibility_timeout=0)
+                    pop_receipt = updated.pop_receipt
                 messages.append(
                     QueueMessage(
                         id=message.id,
@@ -510,12 +590,12 @@ class AzureQueueStore(QueueStore):
                 )
         return messages
 
-    def _peek(self, max_messages) -> list[QueueMessage]:
+    def _peek(self, max_messages: int) -> list[QueueMessage]:
         with _translated(self._what):
             peeked = self._client.peek_messages(max_messages=max_messages)
         return [QueueMessage(m.id, m.content, m.dequeue_count, "", m.inserted_on) for m in peeked]
 
-    def _delete(self, receipt) -> None:
+    def _delete(self, receipt: str) -> None:
         message_id, pop_receipt = self._split(receipt)
         try:
             with _translated(self._what):
@@ -523,7 +603,7 @@ class AzureQueueStore(QueueStore):
         except NotFound:
             pass  # already deleted, or received again since: either way not ours to delete any more
 
-    def _extend(self, receipt, visibility_timeout) -> str:
+    def _extend(self, receipt: str, visibility_timeout: int) -> str:
         message_id, pop_receipt = self._split(receipt)
         with _translated(f"message {message_id!r} in {self._what}"):
             updated = self._client.update_message(message_id, pop_receipt, visibility_timeout=visibility_timeout)
@@ -560,13 +640,10 @@ class AzureBackend(Backend):
 
             account = options.account_name
             self._credential = DefaultAzureCredential(managed_identity_client_id=options.client_id)
-            self._blob_service = BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=self._credential)
-            self._table_service = TableServiceClient(
-                f"https://{account}.table.core.windows.net", credential=self._credential
-            )
-            self._queue_service = QueueServiceClient(
-                f"https://{account}.queue.core.windows.net", credential=self._credential
-            )
+            credential = self._credential
+            self._blob_service = BlobServiceClient(f"https://{account}.blob.core.windows.net", credential=credential)
+            self._table_service = TableServiceClient(f"https://{account}.table.core.windows.net", credential=credential)
+            self._queue_service = QueueServiceClient(f"https://{account}.queue.core.windows.net", credential=credential)
 
     def _make_blobs(self, container: str) -> BlobStore:
         return AzureBlobStore(container, self._blob_service.get_container_client(container))
@@ -601,11 +678,13 @@ class AzureBackend(Backend):
 
     def ping(self) -> None:
         """One small listing per service; BackendUnavailable when any fails."""
+        # A health check answers now: no retries with back-off (minutes when the account is unreachable).
+        quick: dict[str, Any] = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 10}
         try:
             with _translated("ping"):
-                next(self._blob_service.list_containers(results_per_page=1).by_page(), None)
-                next(self._table_service.list_tables(results_per_page=1).by_page(), None)
-                next(self._queue_service.list_queues(results_per_page=1).by_page(), None)
+                next(self._blob_service.list_containers(results_per_page=1, **quick).by_page(), None)
+                next(self._table_service.list_tables(results_per_page=1, **quick).by_page(), None)
+                next(self._queue_service.list_queues(results_per_page=1, **quick).by_page(), None)
         except BackendUnavailable:
             raise
         except StowageError as exc:

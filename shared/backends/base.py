@@ -24,7 +24,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -38,7 +38,7 @@ MAX_PROPERTY_BYTES = 64 * 1024  # one Azure Table property
 MAX_ENTITY_BYTES = 400_000  # one DynamoDB item (Azure allows 1 MiB)
 MAX_PROPERTIES = 200  # Azure allows 252 user properties
 MAX_BATCH_OPERATIONS = 100  # Azure entity group transaction and DynamoDB TransactWriteItems
-MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_BYTES = 4 * 1024 * 1024 - 256 * 1024  # 4 MiB on the wire, less room for the envelope
 MAX_BLOB_KEY_BYTES = 1024  # S3 key and Azure blob name
 MAX_METADATA_BYTES = 2 * 1024  # S3 user metadata
 MAX_QUEUE_BODY_BYTES = 48 * 1024  # Azure's 64 KiB after base64
@@ -166,12 +166,27 @@ def validate_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
 
 
 def property_size(value: PropertyValue) -> int:
-    """Bytes a value takes in the strictest store (strings count as UTF-16, as in Azure)."""
+    """Bytes a value takes in the strictest store: strings count as UTF-16 (Azure) or
+    UTF-8 (DynamoDB), whichever is larger."""
     if isinstance(value, str):
-        return len(value.encode("utf-16-le"))
+        return max(len(value.encode("utf-16-le")), len(value.encode("utf-8")))
     if isinstance(value, bytes):
         return len(value)
     return 8
+
+
+def wire_size(properties: dict[str, PropertyValue]) -> int:
+    """Bytes an entity takes in a request body: binary travels as base64, text as UTF-8."""
+    total = 0
+    for name, value in properties.items():
+        if isinstance(value, bytes):
+            total += -(-len(value) // 3) * 4
+        elif isinstance(value, str):
+            total += len(value.encode("utf-8"))
+        else:
+            total += 24
+        total += len(name) + 16
+    return total
 
 
 def entity_size(properties: dict[str, PropertyValue]) -> int:
@@ -234,10 +249,12 @@ class Blob:
 class BlobStore(ABC):
     """Binary values by key in one container.
 
-    ETags are opaque strings; compare them for equality only. ``if_match`` makes a
-    write or delete conditional on the current ETag (PreconditionFailed when it
-    differs, NotFound when the blob is gone); ``if_none_match=True`` makes a put
-    create-only (AlreadyExists when the blob is there).
+    ETags are opaque strings; compare them for equality only. An ETag changes
+    whenever the content changes (S3's is a digest of the content, so rewriting
+    identical bytes may keep it). ``if_match`` makes a write or delete conditional
+    on the current ETag (PreconditionFailed when it differs, NotFound when the blob
+    is gone); ``if_none_match=True`` makes a put create-only (AlreadyExists when
+    the blob is there).
     """
 
     def __init__(self, container: str) -> None:
@@ -283,8 +300,15 @@ class BlobStore(ABC):
         self._delete(validate_blob_key(key), if_match)
 
     def list(self, prefix: str = "", *, limit: int = MAX_PAGE_SIZE, continuation: str | None = None) -> Page[BlobProperties]:
-        """Blobs whose key starts with ``prefix``, in key order, one page at a time."""
-        return self._list(validate_blob_prefix(prefix), _check_limit(limit), continuation)
+        """Blobs whose key starts with ``prefix``, in key order, one page at a time.
+
+        Listed items carry key, ETag, size and last-modified time; their content
+        type is "" and metadata empty on every backend (S3 listings have neither):
+        use :meth:`head` for those.
+        """
+        page = self._list(validate_blob_prefix(prefix), _check_limit(limit), continuation)
+        items = [replace(item, content_type="", metadata={}) for item in page.items]
+        return Page(items, page.continuation)
 
     def list_all(self, prefix: str = "") -> Iterator[BlobProperties]:
         """Every blob under ``prefix``, following continuation tokens."""
@@ -464,7 +488,7 @@ class TableStore(ABC):
                 validate_table_key(op.entity.row_key, "row key")
             else:
                 op = TableOp(op.kind, self._checked(op.entity), op.if_match)
-                total += entity_size(op.entity.properties)
+                total += wire_size(op.entity.properties)
             checked.append(op)
             if op.entity.partition_key != partition:
                 raise InvalidInput("every operation of a batch must address the same partition")
@@ -472,7 +496,7 @@ class TableStore(ABC):
                 raise InvalidInput(f"row key {op.entity.row_key!r} appears twice in one batch")
             seen.add(op.entity.row_key)
         if total > MAX_BATCH_BYTES:
-            raise TooLarge(f"batch is {total} bytes; the limit is {MAX_BATCH_BYTES}")
+            raise TooLarge(f"batch is {total} bytes on the wire (binary as base64); the limit is {MAX_BATCH_BYTES}")
         return self._batch(checked)
 
     @staticmethod

@@ -32,6 +32,7 @@ from shared.backends.base import (
     MAX_SEND_DELAY,
     MAX_VISIBILITY_TIMEOUT,
     entity_size,
+    property_size,
 )
 from shared.errors import AlreadyExists, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
 
@@ -301,13 +302,19 @@ def test_blob_large_binary_round_trip(blobs: BlobStore) -> None:
 
 
 def test_blob_etag_changes_on_every_write(blobs: BlobStore) -> None:
-    e1 = blobs.put("k", b"one").etag
-    e2 = blobs.put("k", b"two").etag
-    e3 = blobs.put("k", b"two").etag  # same content, still a new write
-    assert all(isinstance(e, str) and e for e in (e1, e2, e3))
-    assert len({e1, e2, e3}) == 3, f"ETags must differ per write: {e1!r}, {e2!r}, {e3!r}"
-    assert blobs.head("k").etag == e3
-    assert blobs.get("k").properties.etag == e3
+    etags = [blobs.put("k", body).etag for body in (b"one", b"two", b"three", b"", b"one")]
+    assert all(isinstance(e, str) and e for e in etags)
+    for before, after in zip(etags, etags[1:]):
+        assert before != after, f"the ETag must change when the content changes: {etags}"
+    assert blobs.head("k").etag == etags[-1]
+    assert blobs.get("k").properties.etag == etags[-1]
+    # Rewriting identical bytes may keep the ETag (S3 digests content), but it must
+    # still be the blob's current ETag, good for the next conditional write.
+    same = blobs.put("k", b"one").etag
+    assert blobs.head("k").etag == same
+    blobs.put("k", b"next", if_match=same)
+    with pytest.raises(PreconditionFailed):
+        blobs.put("k", b"stale", if_match=same)
 
 
 def test_blob_conditional_put(blobs: BlobStore) -> None:
@@ -382,6 +389,24 @@ def test_blob_list_prefix_order_and_paging(blobs: BlobStore) -> None:
     assert [p.key for p in blobs.list_all("p")] == sorted(["p", "p0", *inside])
     empty = blobs.list("zzz")
     assert (empty.items, empty.continuation) == ([], None)
+
+
+def test_blob_list_reports_key_etag_and_size(blobs: BlobStore) -> None:
+    blobs.put("l/a", b"alpha", content_type="text/plain", metadata={"who": "a"})
+    blobs.put("l/b", b"")
+    blobs.put("l/a", b"alpha2", content_type="text/csv", metadata={"who": "a2"})  # listed after a rewrite
+    listed = blobs.list("l/").items
+    assert [p.key for p in listed] == ["l/a", "l/b"]
+    for item in listed:
+        head = blobs.head(item.key)
+        assert (item.key, item.etag, item.size) == (head.key, head.etag, head.size)
+        # The contract: listings carry no content type or metadata on any backend (use head).
+        assert (item.content_type, item.metadata) == ("", {})
+        if item.last_modified is not None:
+            assert item.last_modified.tzinfo is not None
+    # A listed ETag is good for a conditional delete.
+    blobs.delete("l/a", if_match=listed[0].etag)
+    assert not blobs.exists("l/a")
 
 
 def test_blob_list_unicode_key_order(blobs: BlobStore) -> None:
@@ -644,7 +669,8 @@ def test_table_none_removes_property_on_update(table: TableStore) -> None:
 
 def test_table_largest_values_are_accepted(table: TableStore) -> None:
     biggest_bytes = bytes(range(256)) * (MAX_PROPERTY_BYTES // 256)
-    biggest_cjk = "\u4e2d" * (MAX_PROPERTY_BYTES // 2)  # 64 KiB as UTF-16, 96 KiB as UTF-8
+    biggest_cjk = "\u4e2d" * (MAX_PROPERTY_BYTES // 3)  # just under 64 KiB as UTF-8 (the larger encoding here)
+    assert property_size(biggest_cjk) == MAX_PROPERTY_BYTES - 1
     table.insert(Entity("p", "bytes", {"v": biggest_bytes}))
     table.insert(Entity("p", "cjk", {"v": biggest_cjk}))
     assert table.get("p", "bytes")["v"] == biggest_bytes
@@ -726,7 +752,8 @@ def test_table_unsupported_values_rejected(table: TableStore, value: Any) -> Non
 def test_table_size_limits(table: TableStore) -> None:
     too_big = [
         {"v": b"x" * (MAX_PROPERTY_BYTES + 1)},
-        {"v": "x" * (MAX_PROPERTY_BYTES // 2 + 1)},  # strings count as UTF-16
+        {"v": "x" * (MAX_PROPERTY_BYTES // 2 + 1)},  # ASCII counts as UTF-16
+        {"v": "\u4e2d" * (MAX_PROPERTY_BYTES // 3 + 1)},  # CJK counts as UTF-8
         {f"b{i}": b"x" * 60_000 for i in range(7)},  # 420,000 bytes in all
     ]
     for props in too_big:
@@ -925,9 +952,17 @@ def test_batch_of_100_operations(table: TableStore) -> None:
 
 
 def test_batch_near_the_size_limit_is_accepted(table: TableStore) -> None:
+    # 44 x 64 KiB binary = 3.84 MB once base64-encoded on the wire: just under the limit.
+    ops = [TableOp.upsert(Entity("p", f"r{i:02d}", {"v": bytes([i]) * MAX_PROPERTY_BYTES})) for i in range(44)]
+    table.batch(ops)
+    assert [e["v"][:1] for e in table.query_all("p")] == [bytes([i]) for i in range(44)]
+
+
+def test_batch_over_the_wire_limit_is_refused_before_sending(table: TableStore) -> None:
     ops = [TableOp.upsert(Entity("p", f"r{i:02d}", {"v": bytes([i]) * MAX_PROPERTY_BYTES})) for i in range(60)]
-    table.batch(ops)  # 3.9 MB: under the 4 MiB batch limit
-    assert [e["v"][:1] for e in table.query_all("p")] == [bytes([i]) for i in range(60)]
+    with pytest.raises(TooLarge):
+        table.batch(ops)  # 3.9 MB of bytes, 5.2 MB as base64
+    assert list(table.query_all("p")) == []
 
 
 def test_batch_mixed_operations_return_etags(table: TableStore) -> None:

@@ -117,7 +117,10 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
     id     = "abort-incomplete-multipart-uploads"
     status = "Enabled"
 
-    filter {}
+    # Every object: an empty prefix (accepted by provider 5.x and 6.x alike).
+    filter {
+      prefix = ""
+    }
 
     abort_incomplete_multipart_upload {
       days_after_initiation = 7
@@ -181,7 +184,9 @@ resource "aws_dynamodb_table" "app" {
     enabled = true
   }
 
-  # The aws backend writes expires_at (epoch seconds) on items that expire.
+  # TTL on expires_at, the attribute objects with a TTL carry. The app writes it as an ISO-8601
+  # string today, which DynamoDB TTL ignores (it acts on Number epoch seconds only): expiry is the
+  # app's own purge timer; TTL becomes a backstop only if the attribute is ever written as a Number.
   ttl {
     attribute_name = "expires_at"
     enabled        = true
@@ -245,16 +250,15 @@ data "aws_iam_policy_document" "app" {
     resources = [for c in local.containers : "${aws_s3_bucket.data.arn}/${c}/*"]
   }
 
-  # TransactWriteItems has no IAM action of its own: each item needs its per-item action
-  # (PutItem, UpdateItem, DeleteItem, ConditionCheckItem).
+  # What shared/backends/aws.py calls (tests/test_infra.py derives this list from its boto3 calls).
+  # TransactWriteItems has no IAM action of its own: each item needs its per-item action (the
+  # backend's transactions hold Put and Delete items).
   statement {
     sid = "Tables"
     actions = [
       "dynamodb:GetItem",
       "dynamodb:PutItem",
-      "dynamodb:UpdateItem",
       "dynamodb:DeleteItem",
-      "dynamodb:ConditionCheckItem",
       "dynamodb:Query",
       "dynamodb:Scan",
       "dynamodb:DescribeTable",
@@ -278,6 +282,17 @@ data "aws_iam_policy_document" "app" {
       [for q in aws_sqs_queue.app : q.arn],
       [for q in aws_sqs_queue.poison : q.arn],
     )
+  }
+
+  # The backend's ping() (anonymous GET /api/health) lists tables and queues. These two list
+  # actions cannot be scoped to resources; they reveal names only, no data.
+  statement {
+    sid = "HealthPing"
+    actions = [
+      "dynamodb:ListTables",
+      "sqs:ListQueues",
+    ]
+    resources = ["*"]
   }
 }
 

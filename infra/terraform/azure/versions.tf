@@ -17,7 +17,13 @@ terraform {
 }
 
 provider "azurerm" {
-  features {}
+  features {
+    storage {
+      # Manage the storage account through Resource Manager only (no queue_properties or
+      # static_website here): nothing needs the data plane, which refuses shared keys anyway.
+      data_plane_available = false
+    }
+  }
   # null: taken from ARM_SUBSCRIPTION_ID (see docs/deploy.md).
   subscription_id = var.subscription_id
   # Shared keys are disabled on the storage account: any data-plane call uses Entra ID.
