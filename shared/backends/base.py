@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import json
 import math
 import re
@@ -110,7 +111,11 @@ def validate_table_key(value: str, what: str = "key") -> str:
     """A partition or row key: non-empty text without control characters or / \\ # ?."""
     if not isinstance(value, str) or not value:
         raise InvalidKey(f"{what} must be a non-empty string")
-    if len(_utf8(value, what)) > MAX_TABLE_KEY_BYTES or len(value.encode("utf-16-le")) > MAX_TABLE_KEY_BYTES:
+    if value.isascii():
+        too_long = len(value) * 2 > MAX_TABLE_KEY_BYTES if len(value) > MAX_TABLE_KEY_BYTES // 2 else False
+    else:
+        too_long = max(len(_utf8(value, what)), len(value.encode("utf-16-le"))) > MAX_TABLE_KEY_BYTES
+    if too_long:
         raise InvalidKey(f"{what} is longer than {MAX_TABLE_KEY_BYTES} bytes")
     if _CONTROL.search(value):
         raise InvalidKey(f"{what} contains a control character")
@@ -169,6 +174,8 @@ def property_size(value: PropertyValue) -> int:
     """Bytes a value takes in the strictest store: strings count as UTF-16 (Azure) or
     UTF-8 (DynamoDB), whichever is larger."""
     if isinstance(value, str):
+        if value.isascii():
+            return 2 * len(value)
         return max(len(value.encode("utf-16-le")), len(value.encode("utf-8")))
     if isinstance(value, bytes):
         return len(value)
@@ -182,7 +189,7 @@ def wire_size(properties: dict[str, PropertyValue]) -> int:
         if isinstance(value, bytes):
             total += -(-len(value) // 3) * 4
         elif isinstance(value, str):
-            total += len(value.encode("utf-8"))
+            total += len(value) if value.isascii() else len(value.encode("utf-8"))
         else:
             total += 24
         total += len(name) + 16
@@ -193,13 +200,19 @@ def entity_size(properties: dict[str, PropertyValue]) -> int:
     return sum(len(name) * 2 + property_size(value) for name, value in properties.items())
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_property_name(name: str) -> bool:
+    return bool(_PROPERTY_NAME.match(name)) and name.lower() not in _RESERVED_PROPERTIES
+
+
 def validate_properties(properties: dict[str, Any]) -> dict[str, PropertyValue]:
     if not isinstance(properties, dict):
         raise InvalidInput("entity properties must be a dict")
     if len(properties) > MAX_PROPERTIES:
         raise InvalidInput(f"an entity may have at most {MAX_PROPERTIES} properties")
+    total = 0
     for name, value in properties.items():
-        if not isinstance(name, str) or not _PROPERTY_NAME.match(name) or name.lower() in _RESERVED_PROPERTIES:
+        if not isinstance(name, str) or not _valid_property_name(name):
             raise InvalidInput(f"property name {name!r} must be an identifier and not a reserved name")
         if isinstance(value, bool) or value is None or isinstance(value, bytes):
             pass
@@ -210,16 +223,18 @@ def validate_properties(properties: dict[str, Any]) -> dict[str, PropertyValue]:
             if not math.isfinite(value):
                 raise InvalidInput(f"property {name!r} must be a finite number")
         elif isinstance(value, str):
-            _utf8(value, f"property {name!r}")
+            if not value.isascii():
+                _utf8(value, f"property {name!r}")
         else:
             raise InvalidInput(
                 f"property {name!r} has type {type(value).__name__}; use str, int, float, bool, bytes or None"
             )
-        if property_size(value) > MAX_PROPERTY_BYTES:
+        size = property_size(value)
+        if size > MAX_PROPERTY_BYTES:
             raise TooLarge(f"property {name!r} is over {MAX_PROPERTY_BYTES} bytes; offload it to a blob")
-    size = entity_size(properties)
-    if size > MAX_ENTITY_BYTES:
-        raise TooLarge(f"entity is {size} bytes; the limit is {MAX_ENTITY_BYTES}")
+        total += len(name) * 2 + size
+    if total > MAX_ENTITY_BYTES:
+        raise TooLarge(f"entity is {total} bytes; the limit is {MAX_ENTITY_BYTES}")
     return properties
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -88,7 +89,7 @@ def _translated() -> Iterator[None]:
 
 
 def _new_etag() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(12).hex()
 
 
 def _utc(timestamp: float) -> datetime:
@@ -300,7 +301,27 @@ class LocalTableStore(TableStore):
     def _batch(self, operations: list[TableOp]) -> list[str | None]:
         self._backend.require_table(self.name)
         with self._db.write() as conn:
+            if all(op.kind is OpKind.INSERT for op in operations):
+                return self._insert_many(conn, operations)
             return [self._apply(conn, op.kind, op.entity, op.if_match) for op in operations]
+
+    def _insert_many(self, conn: sqlite3.Connection, operations: list[TableOp]) -> list[str | None]:
+        """An all-insert batch as one executemany (the common bulk case)."""
+        etags: list[str | None] = [_new_etag() for _ in operations]
+        rows = [(self.name, op.entity.partition_key, op.entity.row_key, _encode_properties(op.entity.properties), etag)
+                for op, etag in zip(operations, etags)]
+        conn.execute("SAVEPOINT insert_many")
+        try:
+            conn.executemany("INSERT INTO entities VALUES (?,?,?,?,?)", rows)
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK TO insert_many")  # so the rows inserted so far do not look taken
+            taken = next(op.entity for op in operations if conn.execute(
+                "SELECT 1 FROM entities WHERE tbl=? AND pk=? AND rk=?",
+                (self.name, op.entity.partition_key, op.entity.row_key)).fetchone())
+            raise AlreadyExists(f"entity ({taken.partition_key!r}, {taken.row_key!r}) in table "
+                                f"{self.name!r} already exists") from exc
+        conn.execute("RELEASE insert_many")
+        return etags
 
     def _query(self, partition_key, start, end, limit, continuation) -> Page[Entity]:
         self._backend.require_table(self.name)
