@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from functions.auth import tenant_of
 from functions.problems import responses
@@ -19,27 +19,10 @@ router = APIRouter(prefix="/api/v1/objects", tags=["objects"])
 Tenant = Annotated[str, Depends(tenant_of)]
 
 
-class ObjectModel(BaseModel):
-    """An object version, without its content."""
-
-    key: str
-    version_id: str = Field(description="Also the object's ETag (quoted in the ETag header).")
-    size: int
-    content_type: str
-    created_at: str
-    updated_at: str
-    expires_at: str | None = None
-    is_current: bool = True
-
-    @classmethod
-    def of(cls, info: ObjectInfo) -> ObjectModel:
-        return cls(**info.__dict__)
-
-
 class ObjectPage(BaseModel):
     """One page of objects; pass ``continuation`` back for the next page."""
 
-    items: list[ObjectModel]
+    items: list[ObjectInfo]
     continuation: str | None = None
 
 
@@ -91,12 +74,12 @@ def list_objects(
     continuation: str | None = None,
 ) -> ObjectPage:
     page = request.app.state.context.objects.list(tenant, prefix, limit=limit, continuation=continuation)
-    return ObjectPage(items=[ObjectModel.of(i) for i in page.items], continuation=page.continuation)
+    return ObjectPage(items=[i for i in page.items], continuation=page.continuation)
 
 
 @router.put(
-    "/{key:path}", response_model=ObjectModel, status_code=200,
-    responses={201: {"model": ObjectModel, "description": "Created"}, **responses(400, 401, 409, 412, 413, 422)},
+    "/{key:path}", response_model=ObjectInfo, status_code=200,
+    responses={201: {"model": ObjectInfo, "description": "Created"}, **responses(400, 401, 409, 412, 413, 422)},
     summary="Write an object (a new version)",
     openapi_extra={"requestBody": {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                                    "required": True}},
@@ -111,7 +94,7 @@ async def put_object(
     if_none_match: Annotated[str | None, Header(alias="If-None-Match", description="'*': create only (409 if it exists).")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
     ttl_seconds: Annotated[int | None, Query(ge=1, description="Expire the object this many seconds from now.")] = None,
-) -> ObjectModel:
+) -> ObjectInfo:
     if if_none_match is not None and if_none_match.strip() != "*":
         raise InvalidInput("If-None-Match on PUT supports only '*' (create only)")
     objects = request.app.state.context.objects
@@ -124,7 +107,7 @@ async def put_object(
     response.headers.update(_headers(info))
     if info.created_at == info.updated_at:  # first version of this object
         response.status_code = 201
-    return ObjectModel.of(info)
+    return info
 
 
 @router.get(
@@ -148,7 +131,7 @@ def get_object(
     objects = request.app.state.context.objects
     if versions:
         page = objects.versions(tenant, key, limit=limit, continuation=continuation)
-        body = ObjectPage(items=[ObjectModel.of(i) for i in page.items], continuation=page.continuation)
+        body = ObjectPage(items=[i for i in page.items], continuation=page.continuation)
         return Response(body.model_dump_json(), media_type="application/json")
     stored = objects.get(tenant, key, version_id)
     headers = _headers(stored.info)

@@ -46,6 +46,7 @@ class ObjectInfo:
     """An object version's description, without content."""
 
     key: str
+    #: Also the object's ETag (quoted in the ETag header); it changes on every write.
     version_id: str
     size: int
     content_type: str

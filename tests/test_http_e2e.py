@@ -1,6 +1,7 @@
 """End to end over real HTTP: `stowage serve` on a loopback port, its queue workers, the CLI.
 
-The server, the CLI and this test are separate processes sharing one local data dir.
+The server, the CLI and this test are separate processes sharing one backend: the
+whole module runs once with STOWAGE_BACKEND=local, once on Azurite and once on moto.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import pytest
 
 from shared import names
 from shared.commands import CommandClient
-from shared.config import Settings
+from shared.config import BACKENDS, Settings
 from shared.stores import Stores
+from tests.conftest import ENV_BACKENDS, selected_backends
 from tests.emulators import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,17 +58,35 @@ def _until(predicate, what: str, timeout: float = 60.0):
     pytest.fail(f"timed out waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("e2e-data")
+def _backend_environment(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """STOWAGE_* settings that point a server process at this backend's emulator."""
+    if kind == "azure":
+        azurite = request.getfixturevalue("azurite")
+        return {"STOWAGE_AZURE_CONNECTION_STRING": azurite.connection_string}
+    if kind == "aws":
+        moto = request.getfixturevalue("moto_server")  # also puts fake credentials in os.environ
+        tag = uuid.uuid4().hex[:8]
+        return {"STOWAGE_AWS_ENDPOINT_URL": moto.endpoint_url, "STOWAGE_AWS_BUCKET": f"e2e-{tag}",
+                "STOWAGE_AWS_TABLE_PREFIX": f"e2e{tag}-", "STOWAGE_AWS_QUEUE_PREFIX": f"e2e{tag}-"}
+    return {}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory) -> Iterator[Server]:
+    """`stowage serve` on the backend named by the parameter (STOWAGE_BACKEND), for this module."""
+    kind = request.param
+    if kind not in selected_backends():
+        pytest.skip(f"{ENV_BACKENDS} excludes {kind}")
+    data_dir = tmp_path_factory.mktemp(f"e2e-{kind}")
     host_json = json.loads((ROOT / "host.json").read_text())
     host_json["extensions"]["queues"].update(
         maxDequeueCount=MAX_DEQUEUE, visibilityTimeout="00:00:00", maxPollingInterval="00:00:01")
     host_path = data_dir / "host.json"
     host_path.write_text(json.dumps(host_json))
     port = free_port()
-    env = {**os.environ, "STOWAGE_BACKEND": "local", "STOWAGE_DATA_DIR": str(data_dir),
-           "STOWAGE_MAX_OBJECT_BYTES": str(MAX_BYTES), "PORT": str(port), "PYTHONPATH": str(ROOT)}
+    backend_env = _backend_environment(kind, request)
+    env = {**os.environ, "STOWAGE_BACKEND": kind, "STOWAGE_DATA_DIR": str(data_dir),
+           "STOWAGE_MAX_OBJECT_BYTES": str(MAX_BYTES), "PORT": str(port), "PYTHONPATH": str(ROOT), **backend_env}
     keys = {}
     for tenant in ("alpha", "beta"):
         made = subprocess.run([STOWAGE, "keys", "create", "--tenant", tenant, "--json"], cwd=ROOT, env=env,
@@ -85,7 +105,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
             return False
 
     _until(healthy, "the server to answer")
-    stores = Stores.from_settings(Settings(backend="local", data_dir=data_dir, max_object_bytes=MAX_BYTES))
+    stores = Stores.from_settings(Settings.from_env(env, settings_file=data_dir / "none.json"))
     try:
         yield Server(url, env, stores, keys)
     finally:
@@ -105,7 +125,7 @@ def _problem(response: httpx.Response, status: int) -> dict:
 
 def test_health_is_anonymous_and_reports_the_backend(server):
     response = httpx.get(server.url + "/api/health")
-    assert response.status_code == 200 and response.json()["backend"] == "local"
+    assert response.status_code == 200 and response.json()["backend"] == server.env["STOWAGE_BACKEND"]
     assert response.json()["status"] == "ok"
 
 
