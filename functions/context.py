@@ -8,7 +8,10 @@ from functools import cached_property
 from shared.apikeys import ApiKeyService
 from shared.commands import CommandProcessor, PoisonQueue
 from shared.config import Settings
+from shared.memory import MemoryService
 from shared.objects import ObjectService
+from shared.sessions import SessionService
+from shared.workflows import WorkflowService
 from shared.stores import Stores
 
 
@@ -41,6 +44,18 @@ class AppContext:
     @cached_property
     def objects(self) -> ObjectService:
         return ObjectService(self.stores)
+
+    @cached_property
+    def memory(self) -> MemoryService:
+        return MemoryService(self.stores)
+
+    @cached_property
+    def sessions(self) -> SessionService:
+        return SessionService(self.stores)
+
+    @cached_property
+    def workflows(self) -> WorkflowService:
+        return WorkflowService(self.stores)
 
     @cached_property
     def commands(self) -> CommandProcessor:

@@ -16,17 +16,18 @@ queue after ``maxDequeueCount`` attempts its reason can still be listed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
+
+from shared import memory, objects, sessions, workflows
+from shared.command_ops import CommandOp, Outcome
 
 from shared import names
 from shared.backends import Entity
@@ -40,7 +41,6 @@ from shared.errors import (
     TooLarge,
 )
 from shared.keys import escape
-from shared.objects import ObjectService
 from shared.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -54,52 +54,7 @@ _PERMANENT = (InvalidInput, TooLarge, PreconditionFailed, AlreadyExists)
 # --------------------------------------------------------------------------- envelope
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ObjectsPutPayload(_Strict):
-    """Write an object. Give exactly one of ``json``, ``text`` or ``base64``."""
-
-    key: str = Field(description="Object key, e.g. 'agent_configs/ceo'.")
-    json_value: Any = Field(default=None, alias="json", description="A JSON value, stored as application/json.")
-    text: str | None = Field(default=None, description="Text, stored as text/plain; charset=utf-8.")
-    base64: str | None = Field(default=None, description="Binary content, base64-encoded.")
-    content_type: str | None = Field(default=None, description="Overrides the content type implied above.")
-    if_match: str | None = Field(default=None, description="Apply only if the object is at this version.")
-    ttl_seconds: int | None = Field(default=None, ge=1, description="Expire the object this many seconds after.")
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={
-        "oneOf": [{"required": ["json"]}, {"required": ["text"]}, {"required": ["base64"]}]})
-
-    @model_validator(mode="after")
-    def _one_content(self) -> ObjectsPutPayload:
-        given = [f for f in ("json_value", "text", "base64") if f in self.model_fields_set]
-        if len(given) != 1:
-            raise ValueError("give exactly one of 'json', 'text' or 'base64'")
-        return self
-
-    def content(self) -> tuple[bytes, str]:
-        if "json_value" in self.model_fields_set:
-            data = json.dumps(self.json_value, ensure_ascii=False).encode("utf-8")
-            return data, self.content_type or "application/json"
-        if self.text is not None:
-            return self.text.encode("utf-8"), self.content_type or "text/plain; charset=utf-8"
-        try:
-            data = base64.b64decode(self.base64 or "", validate=True)
-        except binascii.Error as exc:
-            raise InvalidInput("'base64' is not valid base64") from exc
-        return data, self.content_type or "application/octet-stream"
-
-
-class ObjectsDeletePayload(_Strict):
-    """Delete an object and all its versions."""
-
-    key: str
-    if_match: str | None = None
-
-
-class _EnvelopeBase(_Strict):
+class _EnvelopeBase(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "oneOf": [{"required": ["payload"]}, {"required": ["payload_ref"]}]})
 
@@ -119,18 +74,19 @@ class _EnvelopeBase(_Strict):
         return data
 
 
-class ObjectsPut(_EnvelopeBase):
-    op: Literal["objects.put"]
-    payload: ObjectsPutPayload | None = None
+OPS: dict[str, CommandOp] = {
+    op.name: op for domain in (objects, memory, sessions, workflows) for op in domain.COMMANDS
+}
 
 
-class ObjectsDelete(_EnvelopeBase):
-    op: Literal["objects.delete"]
-    payload: ObjectsDeletePayload | None = None
+def _envelope_model(op: CommandOp) -> type[_EnvelopeBase]:
+    name = "".join(part.capitalize() for part in op.name.replace("_", ".").split("."))
+    return create_model(name, __base__=_EnvelopeBase, __doc__=op.description or None,
+                        op=(Literal[op.name], ...), payload=(op.payload | None, None))
 
 
-Envelope = Annotated[ObjectsPut | ObjectsDelete, Field(discriminator="op")]
-ENVELOPE_ADAPTER: TypeAdapter[ObjectsPut | ObjectsDelete] = TypeAdapter(Envelope)
+_MODELS = tuple(_envelope_model(op) for op in OPS.values())
+ENVELOPE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Annotated[Union[_MODELS], Field(discriminator="op")])  # noqa: UP007
 
 
 def envelope_json_schema() -> dict[str, Any]:
@@ -152,14 +108,6 @@ class PoisonMessage(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What processing a message did: "applied", "duplicate" or "poisoned"."""
-
-    status: str
-    detail: str = ""
-
-
 def _digest(body: str) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
@@ -169,7 +117,6 @@ class CommandProcessor:
 
     def __init__(self, stores: Stores) -> None:
         self._stores = stores
-        self._objects = ObjectService(stores)
         self._blobs = stores.blobs(names.CONTAINER_DATA)
         self._poison = stores.queue(names.QUEUE_COMMANDS_POISON)
         self._failures = stores.table(names.TABLE_COMMANDS)
@@ -216,7 +163,7 @@ class CommandProcessor:
                 pass
         return outcome
 
-    def _load_payload(self, envelope: ObjectsPut | ObjectsDelete) -> str:
+    def _load_payload(self, envelope: Any) -> str:
         ref = envelope.payload_ref or ""
         try:
             data = self._blobs.get(parse_ref(ref)).data
@@ -224,31 +171,16 @@ class CommandProcessor:
             raise PoisonMessage(f"payload_ref {ref!r} is not a 'blob:v1:<key>' reference") from None
         except NotFound:
             raise PoisonMessage(f"payload_ref {ref!r} names no blob") from None
-        payload_type = type(envelope).model_fields["payload"].annotation
         try:
-            envelope.payload = TypeAdapter(payload_type).validate_json(data)
+            envelope.payload = OPS[envelope.op].payload.model_validate_json(data)
         except ValidationError as exc:
             raise PoisonMessage(f"payload blob is invalid: {_summary(exc)}") from None
         return ref
 
-    def _dispatch(self, envelope: ObjectsPut | ObjectsDelete) -> Outcome:
-        if isinstance(envelope, ObjectsPut):
-            payload = envelope.payload
-            assert payload is not None
-            data, content_type = payload.content()
-            info = self._objects.put(
-                envelope.tenant, payload.key, data, content_type,
-                if_match=payload.if_match, ttl_seconds=payload.ttl_seconds,
-                idempotency_key=envelope.idempotency_key,
-            )
-            return Outcome("applied", f"{payload.key} at version {info.version_id}")
-        payload = envelope.payload
-        assert payload is not None
-        try:
-            self._objects.delete(envelope.tenant, payload.key, if_match=payload.if_match)
-        except NotFound:
-            return Outcome("duplicate", f"{payload.key} already gone")
-        return Outcome("applied", f"{payload.key} deleted")
+    def _dispatch(self, envelope: Any) -> Outcome:
+        if envelope.payload is None:
+            raise PoisonMessage("envelope has no payload")
+        return OPS[envelope.op].apply(self._stores, envelope.tenant, envelope.payload, envelope.idempotency_key)
 
     # -- poison
 

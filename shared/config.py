@@ -33,6 +33,8 @@ class Settings:
     max_object_bytes: int = 64 * 1024 * 1024
     #: Table properties and queue messages above this many bytes move to a blob.
     offload_threshold_bytes: int = 32 * 1024
+    #: A session idle longer than this is ended as "expired" by the cleanup timer.
+    session_idle_seconds: int = 24 * 3600
     #: Azure: a connection string (Azurite: "UseDevelopmentStorage=true") ...
     azure_connection_string: str | None = field(default=None, repr=False)
     #: ... or an account name, with DefaultAzureCredential (managed identity in the cloud).
@@ -54,7 +56,7 @@ class Settings:
             raise InvalidInput(f"{names.SETTING_BACKEND} must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.local_synchronous.upper() not in ("NORMAL", "FULL"):
             raise InvalidInput(f"{names.SETTING_LOCAL_SYNC} must be NORMAL or FULL")
-        if self.max_object_bytes <= 0 or self.offload_threshold_bytes <= 0:
+        if self.max_object_bytes <= 0 or self.offload_threshold_bytes <= 0 or self.session_idle_seconds <= 0:
             raise InvalidInput("size settings must be positive")
         if self.offload_threshold_bytes > 48 * 1024:
             raise InvalidInput(f"{names.SETTING_OFFLOAD_THRESHOLD} must be at most 49152 (queue message limit)")
@@ -93,6 +95,7 @@ class Settings:
             local_synchronous=(text(names.SETTING_LOCAL_SYNC) or defaults.local_synchronous).upper(),
             max_object_bytes=integer(names.SETTING_MAX_OBJECT_BYTES, defaults.max_object_bytes),
             offload_threshold_bytes=integer(names.SETTING_OFFLOAD_THRESHOLD, defaults.offload_threshold_bytes),
+            session_idle_seconds=integer(names.SETTING_SESSION_IDLE_SECONDS, defaults.session_idle_seconds),
             azure_connection_string=text(names.SETTING_AZURE_CONNECTION_STRING),
             azure_account_name=text(names.SETTING_AZURE_ACCOUNT_NAME),
             azure_client_id=text(names.SETTING_AZURE_CLIENT_ID),

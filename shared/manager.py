@@ -9,6 +9,8 @@ It talks to the configured backend directly (no HTTP), scoped to one tenant.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -16,8 +18,11 @@ from typing import Any
 from shared.config import Settings
 from shared.errors import NotFound
 from shared.keys import check_tenant
+from shared.memory import MemoryService
 from shared.objects import ObjectInfo, ObjectService
+from shared.sessions import SessionService
 from shared.stores import Stores
+from shared.workflows import WorkflowService
 
 
 def encode_value(data: Any, content_type: str | None = None) -> tuple[bytes, str]:
@@ -85,6 +90,30 @@ class ObjectsClient:
                 return found
 
 
+class TenantScoped:
+    """A service with the tenant filled in: every public method whose first parameter
+    is ``tenant`` is offered without it, e.g. ``storage.memory.get_thread(thread_id)``."""
+
+    def __init__(self, service: object, tenant: str) -> None:
+        self._service = service
+        self._tenant = tenant
+
+    def _scoped(self, name: str) -> bool:
+        attribute = getattr(type(self._service), name, None)
+        if name.startswith("_") or not callable(attribute):
+            return False
+        parameters = list(inspect.signature(attribute).parameters)
+        return len(parameters) > 1 and parameters[1] == "tenant"
+
+    def __getattr__(self, name: str) -> Any:
+        if not self._scoped(name):
+            raise AttributeError(f"{type(self._service).__name__} has no tenant-scoped method {name!r}")
+        return functools.partial(getattr(self._service, name), self._tenant)
+
+    def __dir__(self) -> list[str]:
+        return [name for name in dir(type(self._service)) if self._scoped(name)]
+
+
 class StorageManager:
     """Every Stowage domain for one tenant, over the configured backend."""
 
@@ -92,6 +121,12 @@ class StorageManager:
         self.stores = stores
         self.tenant = check_tenant(tenant)
         self.objects = ObjectsClient(ObjectService(stores), self.tenant)
+        #: Threads and messages (shared.memory.MemoryService, tenant filled in).
+        self.memory = TenantScoped(MemoryService(stores), self.tenant)
+        #: Sessions, metrics and task context (shared.sessions.SessionService).
+        self.sessions = TenantScoped(SessionService(stores), self.tenant)
+        #: Suspended workflows and events (shared.workflows.WorkflowService).
+        self.workflows = TenantScoped(WorkflowService(stores), self.tenant)
 
     @classmethod
     def from_env(cls, tenant: str = "default", environ: Mapping[str, str] | None = None) -> StorageManager:

@@ -19,16 +19,23 @@ agent state and documents, the workloads objects are for.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ConfigDict, Field, model_validator
 
 from shared import names
 from shared.backends import Entity, OpKind, Page, TableOp
 from shared.backends.base import MAX_BATCH_OPERATIONS
+from shared.command_ops import CommandOp, CommandPayload, Outcome
 from shared.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed, TooLarge
 from shared.keys import check_path_key, check_tenant, escape, unescape
 from shared.stores import Stores
@@ -355,3 +362,68 @@ class ObjectService:
             token = page.continuation
             if not token:
                 return
+
+
+# --------------------------------------------------------------------------- queue commands
+
+
+class ObjectsPutPayload(CommandPayload):
+    """Write an object. Give exactly one of ``json``, ``text`` or ``base64``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={
+        "oneOf": [{"required": ["json"]}, {"required": ["text"]}, {"required": ["base64"]}]})
+
+    key: str = Field(description="Object key, e.g. 'agent_configs/ceo'.")
+    json_value: Any = Field(default=None, alias="json", description="A JSON value, stored as application/json.")
+    text: str | None = Field(default=None, description="Text, stored as text/plain; charset=utf-8.")
+    base64: str | None = Field(default=None, description="Binary content, base64-encoded.")
+    content_type: str | None = Field(default=None, description="Overrides the content type implied above.")
+    if_match: str | None = Field(default=None, description="Apply only if the object is at this version.")
+    ttl_seconds: int | None = Field(default=None, ge=1, description="Expire the object this many seconds after.")
+
+    @model_validator(mode="after")
+    def _one_content(self) -> ObjectsPutPayload:
+        given = [f for f in ("json_value", "text", "base64") if f in self.model_fields_set]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'json', 'text' or 'base64'")
+        return self
+
+    def content(self) -> tuple[bytes, str]:
+        if "json_value" in self.model_fields_set:
+            data = json.dumps(self.json_value, ensure_ascii=False).encode("utf-8")
+            return data, self.content_type or "application/json"
+        if self.text is not None:
+            return self.text.encode("utf-8"), self.content_type or "text/plain; charset=utf-8"
+        try:
+            data = base64.b64decode(self.base64 or "", validate=True)
+        except binascii.Error as exc:
+            raise InvalidInput("'base64' is not valid base64") from exc
+        return data, self.content_type or "application/octet-stream"
+
+
+class ObjectsDeletePayload(CommandPayload):
+    """Delete an object and all its versions."""
+
+    key: str
+    if_match: str | None = None
+
+
+def _apply_put(stores: Stores, tenant: str, payload: ObjectsPutPayload, idempotency_key: str) -> Outcome:
+    data, content_type = payload.content()
+    info = ObjectService(stores).put(tenant, payload.key, data, content_type, if_match=payload.if_match,
+                                     ttl_seconds=payload.ttl_seconds, idempotency_key=idempotency_key)
+    return Outcome("applied", f"{payload.key} at version {info.version_id}")
+
+
+def _apply_delete(stores: Stores, tenant: str, payload: ObjectsDeletePayload, idempotency_key: str) -> Outcome:
+    try:
+        ObjectService(stores).delete(tenant, payload.key, if_match=payload.if_match)
+    except NotFound:
+        return Outcome("duplicate", f"{payload.key} already gone")
+    return Outcome("applied", f"{payload.key} deleted")
+
+
+COMMANDS = (
+    CommandOp("objects.put", ObjectsPutPayload, _apply_put, "Write an object (a new version)."),
+    CommandOp("objects.delete", ObjectsDeletePayload, _apply_delete, "Delete an object and all its versions."),
+)

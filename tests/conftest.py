@@ -33,6 +33,7 @@ import pytest
 
 from shared.backends import Backend, BlobStore, QueueStore, TableStore, create_backend
 from shared.config import BACKENDS, Settings
+from tests.e2e import Server, run_server
 from tests.emulators import Azurite, EmulatorError, Moto, free_port, start_azurite, start_moto  # noqa: F401
 
 ENV_BACKENDS = "STOWAGE_TEST_BACKENDS"
@@ -187,3 +188,15 @@ def table(backend: Backend, names: Names) -> TableStore:
 def queue(backend: Backend, names: Names) -> QueueStore:
     backend.ensure(queues=[names.queue])
     return backend.queue(names.queue)
+
+
+# --------------------------------------------------------------------------- end-to-end server
+
+
+@pytest.fixture(scope="session", params=BACKENDS, ids=list(BACKENDS))
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`stowage serve` as a real process on this backend, shared by every e2e module."""
+    kind: str = request.param
+    if kind not in selected_backends():
+        pytest.skip(f"{ENV_BACKENDS} excludes {kind}")
+    yield from run_server(kind, request, tmp_path_factory.mktemp(f"e2e-{kind}"))

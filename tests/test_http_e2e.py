@@ -1,131 +1,28 @@
-"""End to end over real HTTP: `stowage serve` on a loopback port, its queue workers, the CLI.
+"""End to end over real HTTP for objects, auth and queue commands.
 
-The server, the CLI and this test are separate processes sharing one backend: the
-whole module runs once with STOWAGE_BACKEND=local, once on Azurite and once on moto.
+`stowage serve` runs as a separate process on each backend (the ``server``
+fixture), sharing its backend with this test and with the CLI.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from shared import names
 from shared.commands import CommandClient
-from shared.config import BACKENDS, Settings
-from shared.stores import Stores
-from tests.conftest import ENV_BACKENDS, selected_backends
-from tests.emulators import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-STOWAGE = str(Path(sys.executable).with_name("stowage"))
-MAX_BYTES = 1024 * 1024
-MAX_DEQUEUE = 3
-
-
-@dataclass
-class Server:
-    url: str
-    env: dict[str, str]
-    stores: Stores
-    keys: dict[str, str]
-
-    def client(self, tenant: str | None = "alpha") -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.keys[tenant]}"} if tenant else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([STOWAGE, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120)
-
-
-def _until(predicate, what: str, timeout: float = 60.0):
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def _backend_environment(kind: str, request: pytest.FixtureRequest) -> dict[str, str]:
-    """STOWAGE_* settings that point a server process at this backend's emulator."""
-    if kind == "azure":
-        azurite = request.getfixturevalue("azurite")
-        return {"STOWAGE_AZURE_CONNECTION_STRING": azurite.connection_string}
-    if kind == "aws":
-        moto = request.getfixturevalue("moto_server")  # also puts fake credentials in os.environ
-        tag = uuid.uuid4().hex[:8]
-        return {"STOWAGE_AWS_ENDPOINT_URL": moto.endpoint_url, "STOWAGE_AWS_BUCKET": f"e2e-{tag}",
-                "STOWAGE_AWS_TABLE_PREFIX": f"e2e{tag}-", "STOWAGE_AWS_QUEUE_PREFIX": f"e2e{tag}-"}
-    return {}
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(request, tmp_path_factory) -> Iterator[Server]:
-    """`stowage serve` on the backend named by the parameter (STOWAGE_BACKEND), for this module."""
-    kind = request.param
-    if kind not in selected_backends():
-        pytest.skip(f"{ENV_BACKENDS} excludes {kind}")
-    data_dir = tmp_path_factory.mktemp(f"e2e-{kind}")
-    host_json = json.loads((ROOT / "host.json").read_text())
-    host_json["extensions"]["queues"].update(
-        maxDequeueCount=MAX_DEQUEUE, visibilityTimeout="00:00:00", maxPollingInterval="00:00:01")
-    host_path = data_dir / "host.json"
-    host_path.write_text(json.dumps(host_json))
-    port = free_port()
-    backend_env = _backend_environment(kind, request)
-    env = {**os.environ, "STOWAGE_BACKEND": kind, "STOWAGE_DATA_DIR": str(data_dir),
-           "STOWAGE_MAX_OBJECT_BYTES": str(MAX_BYTES), "PORT": str(port), "PYTHONPATH": str(ROOT), **backend_env}
-    keys = {}
-    for tenant in ("alpha", "beta"):
-        made = subprocess.run([STOWAGE, "keys", "create", "--tenant", tenant, "--json"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120, check=True)
-        keys[tenant] = json.loads(made.stdout)["api_key"]
-    log = open(data_dir / "server.log", "w")
-    proc = subprocess.Popen([STOWAGE, "serve", "--host-json", str(host_path), "--app", "tests.e2e_app:app"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert proc.poll() is None, (data_dir / "server.log").read_text()
-        try:
-            return httpx.get(url + "/api/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    _until(healthy, "the server to answer")
-    stores = Stores.from_settings(Settings.from_env(env, settings_file=data_dir / "none.json"))
-    try:
-        yield Server(url, env, stores, keys)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        stores.close()
-
-
-def _problem(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status and body["detail"]
-    return body
+from tests.e2e import MAX_BYTES, MAX_DEQUEUE
+from tests.e2e import problem as _problem
+from tests.e2e import until as _until
 
 
 def test_health_is_anonymous_and_reports_the_backend(server):
     response = httpx.get(server.url + "/api/health")
-    assert response.status_code == 200 and response.json()["backend"] == server.env["STOWAGE_BACKEND"]
+    assert response.status_code == 200 and response.json()["backend"] == server.backend
     assert response.json()["status"] == "ok"
 
 
@@ -265,6 +162,6 @@ def test_a_failing_message_is_retried_then_poisoned_after_max_dequeues(server):
     poison = backend.queue(ALWAYS_FAILS_QUEUE + names.POISON_SUFFIX)
     _until(lambda: any(m.body == marker for m in poison.peek()), "the message to be poisoned")
     assert not any(m.body == marker for m in backend.queue(ALWAYS_FAILS_QUEUE).peek())
-    log = (Path(server.env["STOWAGE_DATA_DIR"]) / "server.log").read_text()
+    log = server.log()
     assert f"always fails (attempt {MAX_DEQUEUE})" in log
     assert f"always fails (attempt {MAX_DEQUEUE + 1})" not in log

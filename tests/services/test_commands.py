@@ -93,7 +93,7 @@ def test_a_passing_failure_is_raised_for_retry_and_its_reason_kept(stores, tenan
     def unavailable(*args, **kwargs):
         raise BackendUnavailable("simulated outage")
 
-    monkeypatch.setattr(processor._objects, "put", unavailable)
+    monkeypatch.setattr(ObjectService, "put", unavailable)
     with pytest.raises(BackendUnavailable):
         processor.process(body, dequeue_count=3)
     assert processor.failure_reason(body) == "BackendUnavailable: simulated outage"

@@ -1,0 +1,46 @@
+"""What a domain contributes to queue commands: an op name, its payload, and how to apply it.
+
+Each domain module lists its ops in a ``COMMANDS`` tuple; :mod:`shared.commands`
+builds the envelope schema and the dispatcher from all of them. An op's ``apply``
+must be idempotent for a given ``idempotency_key``: delivery is at least once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from shared.stores import Stores
+
+
+class CommandPayload(BaseModel):
+    """Base of command payload models: unknown fields are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying a command did: "applied", "duplicate" or "poisoned", and a detail."""
+
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CommandOp:
+    """One queue command: ``apply(stores, tenant, payload, idempotency_key) -> Outcome``.
+
+    ``apply`` raises shared.errors exceptions like the services do; client errors
+    (bad input, too large, failed precondition, already exists) poison the message,
+    others are retried.
+    """
+
+    name: str
+    payload: type[BaseModel]
+    apply: Callable[[Stores, str, Any, str], Outcome]
+    description: str = ""
