@@ -99,6 +99,9 @@ var tableNames = [
   'stowageapikeys'
   'stowageobjects'
   'stowagecommands'
+  'stowagememory'
+  'stowagesessions'
+  'stowageworkflows'
 ]
 // The Functions host moves a message that failed maxDequeueCount times to "<queue>-poison".
 var queueNames = [

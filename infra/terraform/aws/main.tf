@@ -18,6 +18,9 @@ locals {
     "stowageapikeys",
     "stowageobjects",
     "stowagecommands",
+    "stowagememory",
+    "stowagesessions",
+    "stowageworkflows",
   ]
   # Work queues; each gets "<name>-poison" as its dead-letter queue below.
   queues = [

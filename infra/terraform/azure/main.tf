@@ -20,6 +20,9 @@ locals {
     "stowageapikeys",
     "stowageobjects",
     "stowagecommands",
+    "stowagememory",
+    "stowagesessions",
+    "stowageworkflows",
   ]
   # The Functions host moves a message that failed maxDequeueCount times to "<queue>-poison".
   queues = [
