@@ -6,6 +6,7 @@ import threading
 from functools import cached_property
 
 from shared.apikeys import ApiKeyService
+from shared.checkpoints import CheckpointService
 from shared.commands import CommandProcessor, PoisonQueue
 from shared.config import Settings
 from shared.memory import MemoryService
@@ -56,6 +57,10 @@ class AppContext:
     @cached_property
     def workflows(self) -> WorkflowService:
         return WorkflowService(self.stores)
+
+    @cached_property
+    def checkpoints(self) -> CheckpointService:
+        return CheckpointService(self.stores)
 
     @cached_property
     def commands(self) -> CommandProcessor:

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from functions import http_memory, http_objects, http_sessions, http_workflows, problems
+from functions import http_checkpoints, http_memory, http_objects, http_sessions, http_workflows, problems
 from functions.context import AppContext
 from shared.errors import StowageError
 
@@ -46,6 +46,7 @@ def create_api(context: AppContext) -> FastAPI:
                                 status_code=503)
         return JSONResponse(Health(status="ok", backend=kind).model_dump())
 
-    for router in (http_objects.router, http_memory.router, http_sessions.router, http_workflows.router):
+    for router in (http_objects.router, http_memory.router, http_sessions.router, http_workflows.router,
+                   http_checkpoints.router):
         app.include_router(router)
     return app

@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from shared.checkpoints import CheckpointService
 from shared.config import Settings
 from shared.errors import NotFound
 from shared.keys import check_tenant
@@ -127,6 +128,8 @@ class StorageManager:
         self.sessions = TenantScoped(SessionService(stores), self.tenant)
         #: Suspended workflows and events (shared.workflows.WorkflowService).
         self.workflows = TenantScoped(WorkflowService(stores), self.tenant)
+        #: LangGraph-compatible checkpoints (shared.checkpoints.CheckpointService).
+        self.checkpoints = TenantScoped(CheckpointService(stores), self.tenant)
 
     @classmethod
     def from_env(cls, tenant: str = "default", environ: Mapping[str, str] | None = None) -> StorageManager:

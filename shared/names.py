@@ -20,7 +20,9 @@ TABLE_COMMANDS = "stowagecommands"
 TABLE_MEMORY = "stowagememory"
 TABLE_SESSIONS = "stowagesessions"
 TABLE_WORKFLOWS = "stowageworkflows"
-TABLES = (TABLE_APIKEYS, TABLE_OBJECTS, TABLE_COMMANDS, TABLE_MEMORY, TABLE_SESSIONS, TABLE_WORKFLOWS)
+TABLE_CHECKPOINTS = "stowagecheckpoints"
+TABLES = (TABLE_APIKEYS, TABLE_OBJECTS, TABLE_COMMANDS, TABLE_MEMORY, TABLE_SESSIONS, TABLE_WORKFLOWS,
+          TABLE_CHECKPOINTS)
 
 # Queues. The Functions host moves a message that failed maxDequeueCount times
 # to "<queue>-poison"; the local host does the same.

@@ -102,6 +102,7 @@ var tableNames = [
   'stowagememory'
   'stowagesessions'
   'stowageworkflows'
+  'stowagecheckpoints'
 ]
 // The Functions host moves a message that failed maxDequeueCount times to "<queue>-poison".
 var queueNames = [

@@ -21,6 +21,7 @@ locals {
     "stowagememory",
     "stowagesessions",
     "stowageworkflows",
+    "stowagecheckpoints",
   ]
   # Work queues; each gets "<name>-poison" as its dead-letter queue below.
   queues = [

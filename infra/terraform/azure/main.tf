@@ -23,6 +23,7 @@ locals {
     "stowagememory",
     "stowagesessions",
     "stowageworkflows",
+    "stowagecheckpoints",
   ]
   # The Functions host moves a message that failed maxDequeueCount times to "<queue>-poison".
   queues = [
