@@ -374,7 +374,9 @@ class AwsBackend(Backend):
         try:
             with _aws(f"create queue {queue}", exists):
                 # Explicit, and one every SQS implementation accepts; our bodies stay far below it.
-                response = self._sqs.create_queue(QueueName=queue, Attributes={"MaximumMessageSize": "262144"})
+                # 14 days, the SQS maximum: the default 4 would silently drop poison messages.
+                response = self._sqs.create_queue(QueueName=queue, Attributes={
+                    "MaximumMessageSize": "262144", "MessageRetentionPeriod": "1209600"})
             self._queue_urls[name] = response["QueueUrl"]
         except _Done:
             self._queue_urls[name] = self._lookup_queue_url(name)

@@ -564,7 +564,8 @@ class AzureQueueStore(QueueStore):
 
     def _send(self, body: str, delay_seconds: int) -> str:
         with _translated(self._what):
-            return self._client.send_message(body, visibility_timeout=delay_seconds).id
+            # time_to_live=-1: Azure would drop messages after 7 days, poison ones included.
+            return self._client.send_message(body, visibility_timeout=delay_seconds, time_to_live=-1).id
 
     def _receive(self, max_messages: int, visibility_timeout: int) -> list[QueueMessage]:
         with _translated(self._what):
