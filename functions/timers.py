@@ -10,8 +10,9 @@ from functions.context import AppContext
 
 log = logging.getLogger(__name__)
 
-# Every five minutes, at second 30 (6-field NCRONTAB: sec min hour day month dow).
+# 6-field NCRONTAB (sec min hour day month dow), UTC; staggered so runs do not coincide.
 PURGE_EXPIRED_OBJECTS = "30 */5 * * * *"
+EXPIRE_IDLE_SESSIONS = "45 */5 * * * *"
 
 
 def blueprint(context: AppContext) -> func.Blueprint:
@@ -23,5 +24,12 @@ def blueprint(context: AppContext) -> func.Blueprint:
         """Delete objects whose TTL has passed, a chunk per run; the next run takes the rest."""
         purged = context.objects.purge_expired()
         log.info("purged %d expired objects (past due: %s)", purged, timer.past_due)
+
+    @bp.function_name("expire_idle_sessions")
+    @bp.timer_trigger(arg_name="timer", schedule=EXPIRE_IDLE_SESSIONS, run_on_startup=False, use_monitor=True)
+    def expire_idle_sessions(timer: func.TimerRequest) -> None:
+        """End sessions idle longer than STOWAGE_SESSION_IDLE_SECONDS as expired, a chunk per run."""
+        ended = context.sessions.expire_idle()
+        log.info("expired %d idle sessions (past due: %s)", ended, timer.past_due)
 
     return bp

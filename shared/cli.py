@@ -59,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(f"[bold]{'Created' if made else 'Using'} dev tenant '{DEV_TENANT}' key[/bold] (kept in {where}):")
         console.print(f"  {key}", highlight=False, soft_wrap=True)
     host = LocalHost(app.get_functions(), context.stores.backend, Path(args.host_json))
+    if args.no_timers:
+        host.timers.clear()
     if not args.no_workers:
         host.start()
         for trigger in host.queues:
@@ -135,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--app", default="function_app:app",
                        help="module:attribute of the FunctionApp (the module must also define `context`)")
     serve.add_argument("--no-workers", action="store_true", help="HTTP only: no queue pollers or timers")
+    serve.add_argument("--no-timers", action="store_true", help="no timer triggers (queue pollers still run)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(run=cmd_serve)
 

@@ -104,7 +104,10 @@ def run_server(kind: str, request: pytest.FixtureRequest, data_dir: Path) -> Ite
         assert made.returncode == 0, made.stderr
         keys[tenant] = json.loads(made.stdout)["api_key"]
     log = open(data_dir / "server.log", "w")
-    proc = subprocess.Popen([STOWAGE, "serve", "--host-json", str(host_path), "--app", "tests.e2e_app:app"],
+    # No timers: the emulators are shared with service tests that drive the same timer code with
+    # explicit clocks, and a real timer firing mid-run would act on their data.
+    proc = subprocess.Popen([STOWAGE, "serve", "--host-json", str(host_path), "--app", "tests.e2e_app:app",
+                             "--no-timers"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 

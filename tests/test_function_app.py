@@ -16,6 +16,7 @@ from shared.config import Settings
 from shared.host import LocalHost, QueueSettings, asgi_app_of
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMERS = {"purge_expired_objects": "30 */5 * * * *", "expire_idle_sessions": "45 */5 * * * *"}
 
 
 INDEXED = function_app.app.get_functions()  # the host indexes once; a second call raises
@@ -33,7 +34,7 @@ def _functions() -> dict[str, dict]:
 
 def test_the_app_declares_exactly_these_triggers():
     indexed = _functions()
-    assert set(indexed) == {"http_app_func", "process_command", "purge_expired_objects"}
+    assert set(indexed) == {"http_app_func", "process_command", *TIMERS}
     http = indexed["http_app_func"]["bindings"][0]
     assert http["type"] == "httpTrigger" and http["route"] == "/{*route}" and http["authLevel"] == "ANONYMOUS"
 
@@ -48,10 +49,12 @@ def test_queue_trigger_names_a_declared_queue_and_the_connection_setting():
 
 
 def test_timer_schedules_are_valid_six_field_ncrontab():
-    binding = _functions()["purge_expired_objects"]["bindings"][0]
-    assert binding["type"] == "timerTrigger" and binding["runOnStartup"] is False
-    assert len(binding["schedule"].split()) == 6
-    assert croniter.is_valid(binding["schedule"], second_at_beginning=True)
+    indexed = _functions()
+    for name, schedule in TIMERS.items():
+        binding = indexed[name]["bindings"][0]
+        assert binding["type"] == "timerTrigger" and binding["runOnStartup"] is False
+        assert binding["schedule"] == schedule and len(schedule.split()) == 6
+        assert croniter.is_valid(schedule, second_at_beginning=True)
 
 
 def test_host_json_routes_and_queue_settings_agree_with_the_app():
@@ -72,7 +75,7 @@ def test_local_host_takes_its_queues_and_schedules_from_the_bindings(tmp_path):
     host = LocalHost(INDEXED, stores.backend, ROOT / "host.json")
     assert [(q.name, q.queue_name, q.poison.name) for q in host.queues] == [
         ("process_command", names.QUEUE_COMMANDS, names.QUEUE_COMMANDS_POISON)]
-    assert [(t.name, t.schedule) for t in host.timers] == [("purge_expired_objects", "30 */5 * * * *")]
+    assert {t.name: t.schedule for t in host.timers} == TIMERS
     stores.close()
 
 
@@ -96,5 +99,6 @@ def test_user_functions_can_be_called_like_the_host_calls_them(tmp_path, monkeyp
                        "payload": {"key": "hello", "text": "world"}})
     by_name["process_command"](QueueMessage(id="m1", body=body.encode(), dequeue_count=1))
     assert context.objects.get("acme", "hello").data == b"world"
-    by_name["purge_expired_objects"](TimerRequest(past_due=False))
+    for timer in TIMERS:
+        by_name[timer](TimerRequest(past_due=False))
     context.close()
