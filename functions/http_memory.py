@@ -1,5 +1,282 @@
-"""Placeholder: being written (issue 3)."""
+"""HTTP transport for memory: /api/v1/threads and their messages."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from functions.auth import tenant_of
+from functions.problems import responses
+from shared.errors import InvalidInput
+from shared.memory import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread
 
 router = APIRouter(prefix="/api/v1", tags=["memory"])
+Tenant = Annotated[str, Depends(tenant_of)]
+IfMatch = Annotated[str | None, Header(alias="If-Match", description="Apply only if the ETag is still this one.")]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+                                              description="A retry with the same key is applied once.")]
+Content = str | list[Any] | dict[str, Any]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ThreadOut(BaseModel):
+    """A conversation thread."""
+
+    thread_id: str = Field(description="The thread's id, unique in the tenant.")
+    resource: str = Field(description="Who the thread belongs to inside the tenant, e.g. 'user_123'.")
+    title: str | None = Field(description="The title, if any.")
+    metadata: dict[str, Any] = Field(description="Free JSON metadata.")
+    created_at: str = Field(description="ISO-8601 UTC creation time.")
+    updated_at: str = Field(description="ISO-8601 UTC time of the last change, messages included.")
+    message_count: int = Field(description="How many messages the thread holds, exact.")
+    etag: str = Field(description="Changes on every change to the thread, messages included (also the ETag header).")
+
+    @classmethod
+    def of(cls, thread: Thread) -> ThreadOut:
+        return cls(thread_id=thread.thread_id, resource=thread.resource, title=thread.title,
+                   metadata=thread.metadata, created_at=thread.created_at, updated_at=thread.updated_at,
+                   message_count=thread.message_count, etag=thread.etag)
+
+
+class ThreadPage(BaseModel):
+    """One page of threads; pass ``continuation`` back for the next page."""
+
+    items: list[ThreadOut] = Field(description="Threads, newest created first.")
+    continuation: str | None = Field(default=None, description="Token for the next page; absent on the last page.")
+
+
+class CreateThreadRequest(BaseModel):
+    """A thread to create."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resource: str = Field(description="Owner inside the tenant: 1-128 letters, digits, '.', '_', ':' or '-'.")
+    thread_id: str | None = Field(default=None, description="The id to use; generated when absent (409 if taken).")
+    title: str | None = Field(default=None, max_length=512, description="A title.")
+    metadata: dict[str, Any] | None = Field(default=None, description="Free JSON metadata, up to 8 KiB.")
+
+
+class UpdateThreadRequest(BaseModel):
+    """Fields to change; absent fields are kept, null clears."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, max_length=512, description="New title.")
+    metadata: dict[str, Any] | None = Field(default=None, description="New metadata (replaces the old).")
+
+
+class MessageOut(BaseModel):
+    """A message of a thread."""
+
+    message_id: str = Field(description="The message's id; it embeds the seq.")
+    thread_id: str = Field(description="The thread it belongs to.")
+    seq: int = Field(description="Position in the thread: from 1, strictly increasing, never reused.")
+    role: Role = Field(description="Who wrote it.")
+    content: Content = Field(description="Text, or structured JSON parts.")
+    metadata: dict[str, Any] = Field(description="Free JSON metadata.")
+    parent_message_id: str | None = Field(description="The message this one answers, if any.")
+    created_at: str = Field(description="ISO-8601 UTC time it was added.")
+    updated_at: str = Field(description="ISO-8601 UTC time of its last edit.")
+    etag: str = Field(description="Changes when the message is edited (also the ETag header).")
+
+    @classmethod
+    def of(cls, message: Message) -> MessageOut:
+        return cls(message_id=message.message_id, thread_id=message.thread_id, seq=message.seq, role=message.role,
+                   content=message.content, metadata=message.metadata,
+                   parent_message_id=message.parent_message_id, created_at=message.created_at,
+                   updated_at=message.updated_at, etag=message.etag)
+
+
+class AddMessagesRequest(BaseModel):
+    """Several messages, appended atomically with consecutive seqs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[MessageInput] = Field(min_length=1, max_length=MAX_MESSAGES_PER_CALL,
+                                         description=f"1 to {MAX_MESSAGES_PER_CALL} messages, in order.")
+
+
+class AddedMessages(BaseModel):
+    """The messages as stored, with their ids and seqs."""
+
+    messages: list[MessageOut] = Field(description="In seq order.")
+
+
+class MessagePage(BaseModel):
+    """One page of a thread's history; pass ``continuation`` back for the next page."""
+
+    items: list[MessageOut] = Field(description="Messages in the order asked for.")
+    continuation: str | None = Field(default=None, description="Token for the next page; absent on the last page.")
+
+
+class UpdateMessageRequest(BaseModel):
+    """Fields to change; absent fields are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: Content | None = Field(default=None, description="New content: text or JSON parts.")
+    metadata: dict[str, Any] | None = Field(default=None, description="New metadata (replaces the old); null clears.")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _quoted(etag: str) -> str:
+    return f'"{etag}"'
+
+
+def _unquote(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    value = value.removeprefix("W/")
+    return value.strip('"')
+
+
+def _given(model: BaseModel, name: str) -> Any:
+    """The field's value if the request set it (null included), else ... (keep)."""
+    return getattr(model, name) if name in model.model_fields_set else ...
+
+
+def _metadata_filter(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise InvalidInput('metadata must be a JSON object, e.g. {"project":"apollo"}') from None
+    if not isinstance(value, dict):
+        raise InvalidInput('metadata must be a JSON object, e.g. {"project":"apollo"}')
+    return value
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@router.post("/threads", response_model=ThreadOut, status_code=201, responses=responses(400, 401, 409, 413, 422),
+             summary="Create a thread")
+def create_thread(request: Request, response: Response, tenant: Tenant, body: CreateThreadRequest,
+                  idempotency_key: IdempotencyKey = None) -> ThreadOut:
+    thread = request.app.state.context.memory.create_thread(
+        tenant, body.resource, thread_id=body.thread_id, title=body.title, metadata=body.metadata,
+        idempotency_key=idempotency_key)
+    response.headers["ETag"] = _quoted(thread.etag)
+    return ThreadOut.of(thread)
+
+
+@router.get("/threads", response_model=ThreadPage, responses=responses(400, 401, 422),
+            summary="List a resource's threads, newest first")
+def list_threads(
+    request: Request,
+    tenant: Tenant,
+    resource: Annotated[str, Query(description="Whose threads, e.g. 'user_123'.")],
+    metadata: Annotated[str | None, Query(
+        description='Only threads whose metadata has these keys with equal values: a JSON object, e.g. '
+                    '{"project":"apollo"}. Filtering looks at up to 1000 threads per call, so a page may be '
+                    'short (even empty) and still have a continuation.')] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    continuation: str | None = None,
+) -> ThreadPage:
+    page = request.app.state.context.memory.list_threads(
+        tenant, resource, metadata=_metadata_filter(metadata), limit=limit, continuation=continuation)
+    return ThreadPage(items=[ThreadOut.of(t) for t in page.items], continuation=page.continuation)
+
+
+@router.get("/threads/{thread_id}", response_model=ThreadOut, responses=responses(400, 401, 404),
+            summary="Read a thread")
+def get_thread(thread_id: str, request: Request, response: Response, tenant: Tenant) -> ThreadOut:
+    thread = request.app.state.context.memory.get_thread(tenant, thread_id)
+    response.headers["ETag"] = _quoted(thread.etag)
+    return ThreadOut.of(thread)
+
+
+@router.patch("/threads/{thread_id}", response_model=ThreadOut, responses=responses(400, 401, 404, 409, 412, 413, 422),
+              summary="Change a thread's title and/or metadata")
+def update_thread(thread_id: str, request: Request, response: Response, tenant: Tenant, body: UpdateThreadRequest,
+                  if_match: IfMatch = None) -> ThreadOut:
+    thread = request.app.state.context.memory.update_thread(
+        tenant, thread_id, title=_given(body, "title"), metadata=_given(body, "metadata"),
+        if_match=_unquote(if_match))
+    response.headers["ETag"] = _quoted(thread.etag)
+    return ThreadOut.of(thread)
+
+
+@router.delete("/threads/{thread_id}", status_code=204, responses=responses(400, 401, 404, 409),
+               summary="Delete a thread and all its messages")
+def delete_thread(thread_id: str, request: Request, tenant: Tenant) -> Response:
+    request.app.state.context.memory.delete_thread(tenant, thread_id)
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@router.post("/threads/{thread_id}/messages", response_model=AddedMessages, status_code=201,
+             responses=responses(400, 401, 404, 409, 413, 422),
+             summary="Append one message, or several atomically")
+def add_messages(
+    thread_id: str,
+    request: Request,
+    tenant: Tenant,
+    body: Annotated[AddMessagesRequest | MessageInput, Body(
+        description='One message ({"role": ..., "content": ...}) or several ({"messages": [...]}).')],
+    idempotency_key: IdempotencyKey = None,
+) -> AddedMessages:
+    inputs = body.messages if isinstance(body, AddMessagesRequest) else [body]
+    messages = request.app.state.context.memory.add_messages(
+        tenant, thread_id, [m.new_message() for m in inputs], idempotency_key=idempotency_key)
+    return AddedMessages(messages=[MessageOut.of(m) for m in messages])
+
+
+@router.get("/threads/{thread_id}/messages", response_model=MessagePage, responses=responses(400, 401, 404, 422),
+            summary="Read a thread's history")
+def history(
+    thread_id: str,
+    request: Request,
+    tenant: Tenant,
+    last: Annotated[int | None, Query(ge=1, le=1000, description=(
+        "The newest N messages of the window, in `order` (chronological by default); "
+        "the continuation gives the N before them."))] = None,
+    before: Annotated[str | None, Query(description="Only messages before this seq or message id (exclusive).")] = None,
+    after: Annotated[str | None, Query(description="Only messages after this seq or message id (exclusive).")] = None,
+    order: Annotated[Order, Query(description=(
+        "Without `last`: 'asc' pages from the oldest message forward, 'desc' from the newest backward."))] = Order.asc,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size without `last`.")] = 50,
+    continuation: Annotated[str | None, Query(description=(
+        "From the previous page; it carries that read's window, order and page size."))] = None,
+) -> MessagePage:
+    page = request.app.state.context.memory.history(
+        tenant, thread_id, last=last, before=before, after=after, limit=limit, continuation=continuation, order=order)
+    return MessagePage(items=[MessageOut.of(m) for m in page.items], continuation=page.continuation)
+
+
+@router.get("/threads/{thread_id}/messages/{message_id}", response_model=MessageOut,
+            responses=responses(400, 401, 404), summary="Read one message")
+def get_message(thread_id: str, message_id: str, request: Request, response: Response, tenant: Tenant) -> MessageOut:
+    message = request.app.state.context.memory.get_message(tenant, thread_id, message_id)
+    response.headers["ETag"] = _quoted(message.etag)
+    return MessageOut.of(message)
+
+
+@router.patch("/threads/{thread_id}/messages/{message_id}", response_model=MessageOut,
+              responses=responses(400, 401, 404, 409, 412, 413, 422), summary="Edit a message's content and/or metadata")
+def update_message(thread_id: str, message_id: str, request: Request, response: Response, tenant: Tenant,
+                   body: UpdateMessageRequest, if_match: IfMatch = None) -> MessageOut:
+    message = request.app.state.context.memory.update_message(
+        tenant, thread_id, message_id, content=_given(body, "content"), metadata=_given(body, "metadata"),
+        if_match=_unquote(if_match))
+    response.headers["ETag"] = _quoted(message.etag)
+    return MessageOut.of(message)
+
+
+@router.delete("/threads/{thread_id}/messages/{message_id}", status_code=204,
+               responses=responses(400, 401, 404, 409, 412), summary="Delete one message")
+def delete_message(thread_id: str, message_id: str, request: Request, tenant: Tenant,
+                   if_match: IfMatch = None) -> Response:
+    request.app.state.context.memory.delete_message(tenant, thread_id, message_id, if_match=_unquote(if_match))
+    return Response(status_code=204)

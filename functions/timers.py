@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 # 6-field NCRONTAB (sec min hour day month dow), UTC; staggered so runs do not coincide.
 PURGE_EXPIRED_OBJECTS = "30 */5 * * * *"
 EXPIRE_IDLE_SESSIONS = "45 */5 * * * *"
+FINISH_THREAD_DELETIONS = "15 */10 * * * *"
 
 
 def blueprint(context: AppContext) -> func.Blueprint:
@@ -31,5 +32,12 @@ def blueprint(context: AppContext) -> func.Blueprint:
         """End sessions idle longer than STOWAGE_SESSION_IDLE_SECONDS as expired, a chunk per run."""
         ended = context.sessions.expire_idle()
         log.info("expired %d idle sessions (past due: %s)", ended, timer.past_due)
+
+    @bp.function_name("finish_thread_deletions")
+    @bp.timer_trigger(arg_name="timer", schedule=FINISH_THREAD_DELETIONS, run_on_startup=False, use_monitor=True)
+    def finish_thread_deletions(timer: func.TimerRequest) -> None:
+        """Finish thread deletions that a crash interrupted halfway."""
+        finished = context.memory.finish_deletions()
+        log.info("finished %d interrupted thread deletions (past due: %s)", finished, timer.past_due)
 
     return bp
