@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 PURGE_EXPIRED_OBJECTS = "30 */5 * * * *"
 EXPIRE_IDLE_SESSIONS = "45 */5 * * * *"
 FINISH_THREAD_DELETIONS = "15 */10 * * * *"
+PROCESS_DUE_WORKFLOWS = "5 * * * * *"  # every minute: timeouts and schedules have minute resolution
 
 
 def blueprint(context: AppContext) -> func.Blueprint:
@@ -39,5 +40,12 @@ def blueprint(context: AppContext) -> func.Blueprint:
         """Finish thread deletions that a crash interrupted halfway."""
         finished = context.memory.finish_deletions()
         log.info("finished %d interrupted thread deletions (past due: %s)", finished, timer.past_due)
+
+    @bp.function_name("process_due_workflows")
+    @bp.timer_trigger(arg_name="timer", schedule=PROCESS_DUE_WORKFLOWS, run_on_startup=False, use_monitor=True)
+    def process_due_workflows(timer: func.TimerRequest) -> None:
+        """Time out waits whose timeout passed and make scheduled workflows ready, a chunk per run."""
+        done = context.workflows.process_due()
+        log.info("due workflows handled: %s (past due: %s)", done, timer.past_due)
 
     return bp
