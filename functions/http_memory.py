@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.auth import tenant_of
+from functions.http_common import quoted, unquote
 from functions.problems import responses
 from shared.errors import InvalidInput
 from shared.memory import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread
@@ -126,18 +127,6 @@ class UpdateMessageRequest(BaseModel):
 # --------------------------------------------------------------------------- helpers
 
 
-def _quoted(etag: str) -> str:
-    return f'"{etag}"'
-
-
-def _unquote(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    value = value.removeprefix("W/")
-    return value.strip('"')
-
-
 def _given(model: BaseModel, name: str) -> Any:
     """The field's value if the request set it (null included), else ... (keep)."""
     return getattr(model, name) if name in model.model_fields_set else ...
@@ -165,7 +154,7 @@ def create_thread(request: Request, response: Response, tenant: Tenant, body: Cr
     thread = request.app.state.context.memory.create_thread(
         tenant, body.resource, thread_id=body.thread_id, title=body.title, metadata=body.metadata,
         idempotency_key=idempotency_key)
-    response.headers["ETag"] = _quoted(thread.etag)
+    response.headers["ETag"] = quoted(thread.etag)
     return ThreadOut.of(thread)
 
 
@@ -191,7 +180,7 @@ def list_threads(
             summary="Read a thread")
 def get_thread(thread_id: str, request: Request, response: Response, tenant: Tenant) -> ThreadOut:
     thread = request.app.state.context.memory.get_thread(tenant, thread_id)
-    response.headers["ETag"] = _quoted(thread.etag)
+    response.headers["ETag"] = quoted(thread.etag)
     return ThreadOut.of(thread)
 
 
@@ -201,8 +190,8 @@ def update_thread(thread_id: str, request: Request, response: Response, tenant: 
                   if_match: IfMatch = None) -> ThreadOut:
     thread = request.app.state.context.memory.update_thread(
         tenant, thread_id, title=_given(body, "title"), metadata=_given(body, "metadata"),
-        if_match=_unquote(if_match))
-    response.headers["ETag"] = _quoted(thread.etag)
+        if_match=unquote(if_match))
+    response.headers["ETag"] = quoted(thread.etag)
     return ThreadOut.of(thread)
 
 
@@ -259,7 +248,7 @@ def history(
             responses=responses(400, 401, 404), summary="Read one message")
 def get_message(thread_id: str, message_id: str, request: Request, response: Response, tenant: Tenant) -> MessageOut:
     message = request.app.state.context.memory.get_message(tenant, thread_id, message_id)
-    response.headers["ETag"] = _quoted(message.etag)
+    response.headers["ETag"] = quoted(message.etag)
     return MessageOut.of(message)
 
 
@@ -269,8 +258,8 @@ def update_message(thread_id: str, message_id: str, request: Request, response: 
                    body: UpdateMessageRequest, if_match: IfMatch = None) -> MessageOut:
     message = request.app.state.context.memory.update_message(
         tenant, thread_id, message_id, content=_given(body, "content"), metadata=_given(body, "metadata"),
-        if_match=_unquote(if_match))
-    response.headers["ETag"] = _quoted(message.etag)
+        if_match=unquote(if_match))
+    response.headers["ETag"] = quoted(message.etag)
     return MessageOut.of(message)
 
 
@@ -278,5 +267,5 @@ def update_message(thread_id: str, message_id: str, request: Request, response: 
                responses=responses(400, 401, 404, 409, 412), summary="Delete one message")
 def delete_message(thread_id: str, message_id: str, request: Request, tenant: Tenant,
                    if_match: IfMatch = None) -> Response:
-    request.app.state.context.memory.delete_message(tenant, thread_id, message_id, if_match=_unquote(if_match))
+    request.app.state.context.memory.delete_message(tenant, thread_id, message_id, if_match=unquote(if_match))
     return Response(status_code=204)

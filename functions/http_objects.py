@@ -11,8 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from functions.auth import tenant_of
+from functions.http_common import quoted, read_body, unquote
 from functions.problems import responses
-from shared.errors import InvalidInput, TooLarge
+from shared.errors import InvalidInput
 from shared.objects import ObjectInfo
 
 router = APIRouter(prefix="/api/v1/objects", tags=["objects"])
@@ -26,42 +27,12 @@ class ObjectPage(BaseModel):
     continuation: str | None = None
 
 
-def _etag(version_id: str) -> str:
-    return f'"{version_id}"'
-
-
-def _unquote(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    return value.strip('"')
-
-
 def _headers(info: ObjectInfo) -> dict[str, str]:
     modified = format_datetime(datetime.fromisoformat(info.updated_at), usegmt=True)
-    headers = {"ETag": _etag(info.version_id), "X-Stowage-Version-Id": info.version_id, "Last-Modified": modified}
+    headers = {"ETag": quoted(info.version_id), "X-Stowage-Version-Id": info.version_id, "Last-Modified": modified}
     if info.expires_at:
         headers["X-Stowage-Expires-At"] = info.expires_at
     return headers
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 before it is stored when over ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidInput("Content-Length is not a number")
-        if int(declared) > limit:
-            raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.get("", response_model=ObjectPage, responses=responses(400, 401, 422),
@@ -98,9 +69,9 @@ async def put_object(
     if if_none_match is not None and if_none_match.strip() != "*":
         raise InvalidInput("If-None-Match on PUT supports only '*' (create only)")
     objects = request.app.state.context.objects
-    data = await _read_body(request, objects.max_bytes)
+    data = await read_body(request, objects.max_bytes)
     info = await run_in_threadpool(
-        lambda: objects.put(tenant, key, data, content_type, if_match=_unquote(if_match),
+        lambda: objects.put(tenant, key, data, content_type, if_match=unquote(if_match),
                             if_none_match=if_none_match is not None, ttl_seconds=ttl_seconds,
                             idempotency_key=idempotency_key)
     )
@@ -135,7 +106,7 @@ def get_object(
         return Response(body.model_dump_json(), media_type="application/json")
     stored = objects.get(tenant, key, version_id)
     headers = _headers(stored.info)
-    if if_none_match is not None and _unquote(if_none_match) in (stored.info.version_id, "*"):
+    if if_none_match is not None and unquote(if_none_match) in (stored.info.version_id, "*"):
         return Response(status_code=304, headers=headers)
     return Response(stored.data, media_type=stored.info.content_type, headers=headers)
 
@@ -155,5 +126,5 @@ def delete_object(
     tenant: Tenant,
     if_match: Annotated[str | None, Header(alias="If-Match")] = None,
 ) -> Response:
-    request.app.state.context.objects.delete(tenant, key, if_match=_unquote(if_match))
+    request.app.state.context.objects.delete(tenant, key, if_match=unquote(if_match))
     return Response(status_code=204)

@@ -8,7 +8,6 @@ Both are sent quoted, and If-Match takes them quoted or bare.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -16,8 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from functions.auth import tenant_of
+from functions.http_common import quoted, read_json, unquote
 from functions.problems import responses
-from shared.errors import InvalidInput, TooLarge
+from shared.errors import InvalidInput
 from shared.sessions import MAX_METADATA_BYTES, MAX_REASON_LENGTH, Session, SessionStatus, TaskContext
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"])
@@ -106,20 +106,8 @@ class ContextOut(ContextInfo):
 # --------------------------------------------------------------------------- helpers
 
 
-def _etag(version: int | str) -> str:
-    return f'"{version}"'
-
-
-def _unquote(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    value = value.removeprefix("W/")
-    return value.strip('"')
-
-
 def _out(session: Session, response: Response) -> SessionOut:
-    response.headers["ETag"] = _etag(session.version)
+    response.headers["ETag"] = quoted(session.version)
     return SessionOut(**dataclasses.asdict(session))
 
 
@@ -130,22 +118,7 @@ def _context_info(context: TaskContext) -> dict[str, Any]:
 
 async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object, refused with 413 before parsing when over ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidInput("Content-Length is not a number")
-        if int(declared) > limit:
-            raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    try:
-        document = json.loads(b"".join(chunks))
-    except ValueError as exc:
-        raise InvalidInput(f"body is not JSON: {exc}") from None
+    document = await read_json(request, limit, "context")
     if not isinstance(document, dict):
         raise InvalidInput("the context must be a JSON object")
     return document
@@ -188,7 +161,7 @@ def get_session(session_id: SessionId, request: Request, response: Response, ten
 def update_session(session_id: SessionId, body: UpdateSession, request: Request, response: Response,
                    tenant: Tenant, if_match: IfMatch = None) -> SessionOut:
     session = request.app.state.context.sessions.update_metadata(tenant, session_id, body.metadata,
-                                                                 if_match=_unquote(if_match))
+                                                                 if_match=unquote(if_match))
     return _out(session, response)
 
 
@@ -197,7 +170,7 @@ def update_session(session_id: SessionId, body: UpdateSession, request: Request,
 def end_session(session_id: SessionId, body: EndSession, request: Request, response: Response,
                 tenant: Tenant, if_match: IfMatch = None) -> SessionOut:
     session = request.app.state.context.sessions.end(tenant, session_id, body.status, reason=body.reason,
-                                                     if_match=_unquote(if_match))
+                                                     if_match=unquote(if_match))
     return _out(session, response)
 
 
@@ -233,8 +206,8 @@ async def put_context(session_id: SessionId, request: Request, response: Respons
     # Pretty-printed JSON may be larger than its compact form, which the service limits exactly.
     document = await _read_json_object(request, 2 * sessions.max_context_bytes + 1024)
     stored = await run_in_threadpool(
-        lambda: sessions.put_context(tenant, session_id, document, if_match=_unquote(if_match)))
-    response.headers["ETag"] = _etag(stored.version)
+        lambda: sessions.put_context(tenant, session_id, document, if_match=unquote(if_match)))
+    response.headers["ETag"] = quoted(stored.version)
     if stored.version == 1:
         response.status_code = 201
     return ContextInfo(**_context_info(stored))
@@ -244,5 +217,5 @@ async def put_context(session_id: SessionId, request: Request, response: Respons
             summary="Read a session's task context")
 def get_context(session_id: SessionId, request: Request, response: Response, tenant: Tenant) -> ContextOut:
     stored = request.app.state.context.sessions.get_context(tenant, session_id)
-    response.headers["ETag"] = _etag(stored.version)
+    response.headers["ETag"] = quoted(stored.version)
     return ContextOut(**_context_info(stored), context=stored.context)

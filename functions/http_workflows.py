@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
@@ -10,8 +9,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.auth import tenant_of
+from functions.http_common import quoted, read_json, unquote
 from functions.problems import responses
-from shared.errors import InvalidInput, TooLarge
+from shared.errors import TooLarge
 from shared.workflows import (
     MAX_DETAIL_LENGTH,
     MAX_EVENT_PAYLOAD_BYTES,
@@ -120,14 +120,6 @@ def _out(workflow: Workflow) -> WorkflowOut:
     return WorkflowOut.model_validate(workflow, from_attributes=True)
 
 
-def _unquote(value: str | None) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    value = value.removeprefix("W/")
-    return value.strip('"')
-
-
 def _limit_body(request: Request) -> None:
     """413 before the body is parsed when its declared size is over what can be stored."""
     declared = request.headers.get("content-length")
@@ -137,7 +129,7 @@ def _limit_body(request: Request) -> None:
 
 
 def _with_etag(response: Response, workflow: Workflow) -> WorkflowOut:
-    response.headers["ETag"] = f'"{workflow.etag}"'
+    response.headers["ETag"] = quoted(workflow.etag)
     return _out(workflow)
 
 
@@ -178,7 +170,7 @@ def suspend_workflow(
     workflow = request.app.state.context.workflows.suspend(
         tenant, workflow_id, workflow_name=body.workflow_name, resource=body.resource,
         current_step=body.current_step, context_state=body.context_state, reason=body.suspend_reason,
-        resume_conditions=body.resume_conditions, if_match=_unquote(if_match), idempotency_key=idempotency_key)
+        resume_conditions=body.resume_conditions, if_match=unquote(if_match), idempotency_key=idempotency_key)
     if workflow.suspensions == 1:
         response.status_code = 201
     return _with_etag(response, workflow)
@@ -189,7 +181,7 @@ def suspend_workflow(
              summary="Resume: the context and step, once; the workflow is then running")
 def resume_workflow(workflow_id: WorkflowId, request: Request, response: Response, tenant: Tenant,
                     if_match: IfMatch = None) -> ResumeOut:
-    resumed = request.app.state.context.workflows.resume(tenant, workflow_id, if_match=_unquote(if_match))
+    resumed = request.app.state.context.workflows.resume(tenant, workflow_id, if_match=unquote(if_match))
     return ResumeOut(context_state=resumed.context_state, current_step=resumed.current_step,
                      workflow=_with_etag(response, resumed.workflow))
 
@@ -212,7 +204,7 @@ def _transition_route(status: WorkflowStatus, summary: str):
                body: Annotated[TransitionRequest | None, Body()] = None, if_match: IfMatch = None,
                idempotency_key: IdempotencyKey = None) -> WorkflowOut:
         workflow = request.app.state.context.workflows.transition(
-            tenant, workflow_id, status, detail=body.detail if body else None, if_match=_unquote(if_match),
+            tenant, workflow_id, status, detail=body.detail if body else None, if_match=unquote(if_match),
             idempotency_key=idempotency_key)
         return _with_etag(response, workflow)
 
@@ -235,28 +227,8 @@ def approve_workflow(workflow_id: WorkflowId, request: Request, response: Respon
                      idempotency_key: IdempotencyKey = None) -> WorkflowOut:
     workflow = request.app.state.context.workflows.approve(
         tenant, workflow_id, approved_by=body.approved_by if body else None, comment=body.comment if body else None,
-        if_match=_unquote(if_match), idempotency_key=idempotency_key)
+        if_match=unquote(if_match), idempotency_key=idempotency_key)
     return _with_etag(response, workflow)
-
-
-async def _read_json(request: Request, limit: int) -> Any:
-    """The JSON body (None when empty), refused with 413 over ``limit`` before it is parsed."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"event payload is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"event payload is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise InvalidInput(f"event payload is not JSON: {exc}") from None
 
 
 @router.post(
@@ -274,7 +246,7 @@ async def deliver_event(
     tenant: Tenant,
     idempotency_key: IdempotencyKey = None,
 ) -> DeliveryOut:
-    payload = await _read_json(request, MAX_EVENT_PAYLOAD_BYTES)
+    payload = await read_json(request, MAX_EVENT_PAYLOAD_BYTES, "event payload")
     workflows = request.app.state.context.workflows
     delivered = await run_in_threadpool(
         lambda: workflows.deliver_event(tenant, event_id, payload, delivery_id=idempotency_key))
