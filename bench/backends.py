@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -29,21 +28,14 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import rate, settings_for  # noqa: E402
 from shared.backends import Backend, Entity, TableOp, create_backend  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from tests.emulators import start_azurite, start_moto  # noqa: E402
 
 console = Console()
 BLOB = b"x" * 4096
 PROPS = {"role": "assistant", "content": "a short message " * 8, "tokens": 42, "score": 0.5}
 
-
-def rate(count: int, action: Callable[[int], object]) -> float:
-    """Operations per second of ``action`` called ``count`` times."""
-    start = time.perf_counter()
-    for i in range(count):
-        action(i)
-    return count / (time.perf_counter() - start)
 
 
 def measure(backend: Backend, n: int) -> dict[str, float]:
@@ -119,15 +111,7 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
-            if kind == "local":
-                settings = Settings(backend="local", data_dir=Path(tmp) / "local")
-            elif kind == "azure":
-                azurite = stack.enter_context(start_azurite(Path(tmp) / "azurite"))
-                settings = Settings(backend="azure", azure_connection_string=azurite.connection_string)
-            else:
-                moto = stack.enter_context(start_moto(Path(tmp) / "moto"))
-                settings = Settings(backend="aws", aws_endpoint_url=moto.endpoint_url,
-                                    aws_bucket=f"bench-{uuid.uuid4().hex[:8]}")
+            settings = settings_for(kind, Path(tmp), stack)
             backend = create_backend(settings)
             console.print(f"measuring {kind} ({counts[kind]} operations per figure) ...")
             results[kind] = measure(backend, counts[kind])

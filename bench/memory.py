@@ -33,11 +33,10 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import settings_for  # noqa: E402
 from shared.backends import Entity, TableOp
-from shared.config import Settings
 from shared.memory import MAX_MESSAGES_PER_CALL, MemoryService
 from shared.stores import Stores
-from tests.emulators import start_azurite
 
 console = Console(width=150)
 TENANT = "bench"
@@ -128,13 +127,7 @@ def main() -> int:
     results: dict[str, dict[str, tuple[float, float, str]]] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
-            if kind == "local":
-                settings = Settings(backend="local", data_dir=Path(tmp) / "local")
-            elif kind == "azure":
-                azurite = stack.enter_context(start_azurite(Path(tmp) / "azurite"))
-                settings = Settings(backend="azure", azure_connection_string=azurite.connection_string)
-            else:
-                raise SystemExit(f"unknown backend {kind!r}: choose local or azure")
+            settings = settings_for(kind, Path(tmp), stack)
             console.print(f"measuring {kind} ...")
             stores = Stores.from_settings(settings)
             stores.ensure()

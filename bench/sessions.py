@@ -29,21 +29,13 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.config import Settings
+from harness import rate, settings_for  # noqa: E402
 from shared.sessions import SessionService
 from shared.stores import Stores
-from tests.emulators import start_azurite
 
 console = Console(width=120)
 THREADS = 8
 
-
-def rate(count: int, action: Callable[[int], object]) -> float:
-    """Operations per second of ``action`` called ``count`` times."""
-    start = time.perf_counter()
-    for i in range(count):
-        action(i)
-    return count / (time.perf_counter() - start)
 
 
 def threaded_rate(per_thread: int, action: Callable[[int, int], object]) -> float:
@@ -93,13 +85,7 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
-            if kind == "local":
-                settings = Settings(backend="local", data_dir=Path(tmp) / "local")
-            elif kind == "azure":
-                azurite = stack.enter_context(start_azurite(Path(tmp) / "azurite"))
-                settings = Settings(backend="azure", azure_connection_string=azurite.connection_string)
-            else:
-                parser.error(f"unknown backend {kind!r}: choose local or azure")
+            settings = settings_for(kind, Path(tmp), stack)
             stores = Stores.from_settings(settings)
             stores.ensure()
             console.print(f"measuring {kind} ({counts[kind]} operations per figure) ...")

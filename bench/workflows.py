@@ -27,23 +27,15 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import rate, settings_for  # noqa: E402
 from shared.backends import Entity
-from shared.config import Settings
 from shared.stores import Stores
 from shared.workflows import WorkflowService
-from tests.emulators import start_azurite
 
 console = Console()
 SMALL_CONTEXT = {"cursor": 17, "messages": ["a short message " * 8] * 4}  # about 600 bytes
 LARGE_CONTEXT = {"document": "x" * 200_000}  # over the offload threshold: a blob per write
 
-
-def rate(count: int, action: Callable[[int], object]) -> float:
-    """Calls per second of ``action`` called ``count`` times."""
-    start = time.perf_counter()
-    for i in range(count):
-        action(i)
-    return count / (time.perf_counter() - start)
 
 
 def measure(stores: Stores, n: int) -> dict[str, float]:
@@ -108,13 +100,7 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
-            if kind == "local":
-                settings = Settings(backend="local", data_dir=Path(tmp) / "local")
-            elif kind == "azure":
-                azurite = stack.enter_context(start_azurite(Path(tmp) / "azurite"))
-                settings = Settings(backend="azure", azure_connection_string=azurite.connection_string)
-            else:
-                parser.error(f"unknown backend {kind!r}; choose local or azure")
+            settings = settings_for(kind, Path(tmp), stack)
             stores = Stores.from_settings(settings)
             stores.ensure()
             console.print(f"measuring {kind} ({counts[kind]} round trips per figure) ...")
