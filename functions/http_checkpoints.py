@@ -1,5 +1,382 @@
-"""Placeholder: being written (issue 4)."""
+"""HTTP transport for LangGraph-compatible checkpoints: /api/v1/checkpoints.
 
-from fastapi import APIRouter
+Values travel as ``{"type": <serializer tag>, "data": <base64>}``, the pairs
+LangGraph's serializers make. ``checkpoint_ns`` is a query parameter (it may be
+empty, the root namespace). Reads, deletes, copies and prunes of another
+tenant's threads answer 404; writes (PUT) always land in the caller's tenant.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from functions.auth import tenant_of
+from functions.problems import responses
+from shared.checkpoints import CheckpointRef, PruneStrategy, StoredCheckpoint, TypedValue
+from shared.errors import InvalidInput, TooLarge
 
 router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"])
+Tenant = Annotated[str, Depends(tenant_of)]
+Namespace = Annotated[str, Query(max_length=256, description="Checkpoint namespace; '' is the root graph.")]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Value(BaseModel):
+    """A serialised value: the serializer's type tag and the bytes, base64-encoded."""
+
+    type: str = Field(min_length=1, max_length=64, description="Serializer type tag, e.g. 'msgpack' or 'json'.")
+    data: str = Field(description="The serialised bytes, standard base64 with padding.")
+
+    @classmethod
+    def of(cls, value: TypedValue) -> Value:
+        return cls(type=value.type, data=base64.b64encode(value.data).decode("ascii"))
+
+    def typed(self, what: str) -> TypedValue:
+        try:
+            return TypedValue(self.type, base64.b64decode(self.data, validate=True))
+        except binascii.Error:
+            raise InvalidInput(f"{what}: data is not valid base64") from None
+
+
+class CheckpointPut(BaseModel):
+    """A checkpoint to store, with the channel values it introduces."""
+
+    parent_checkpoint_id: str | None = Field(default=None, description="The checkpoint this one follows.")
+    checkpoint: Value = Field(description="The checkpoint as serialised by the client, without channel values.")
+    metadata: dict[str, Any] = Field(default_factory=dict,
+                                     description="JSON metadata: source, step, run_id, parents and user keys.")
+    channel_versions: dict[str, str] = Field(
+        default_factory=dict, description="Version of every channel that holds a value at this checkpoint.")
+    new_values: dict[str, Value] = Field(
+        default_factory=dict,
+        description="Values this checkpoint writes, by channel (stored once per channel version; the others "
+                    "come from earlier checkpoints).")
+
+
+class CheckpointStored(BaseModel):
+    """Where a checkpoint was stored."""
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None = None
+    created_at: str = Field(description="ISO-8601 UTC time of the write.")
+
+    @classmethod
+    def of(cls, ref: CheckpointRef) -> CheckpointStored:
+        return cls(thread_id=ref.thread_id, checkpoint_ns=ref.checkpoint_ns, checkpoint_id=ref.checkpoint_id,
+                   parent_checkpoint_id=ref.parent_checkpoint_id, created_at=ref.created_at)
+
+
+class PendingWriteOut(BaseModel):
+    """A task's write after a checkpoint."""
+
+    task_id: str
+    channel: str
+    idx: int = Field(description="Position in the task's writes; negative for special channels.")
+    task_path: str = ""
+    value: Value
+
+
+class Checkpoint(BaseModel):
+    """A checkpoint with its channel values and pending writes."""
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None = None
+    created_at: str = Field(description="ISO-8601 UTC time of the write.")
+    checkpoint: Value = Field(description="The checkpoint as the client serialised it, without channel values.")
+    metadata: dict[str, Any]
+    channel_versions: dict[str, str] = Field(description="Version of every channel that holds a value.")
+    values: dict[str, Value] = Field(description="Channel values at this checkpoint.")
+    pending_writes: list[PendingWriteOut] = Field(description="In (task_path, task_id, idx) order.")
+
+    @classmethod
+    def of(cls, stored: StoredCheckpoint) -> Checkpoint:
+        return cls(
+            thread_id=stored.thread_id, checkpoint_ns=stored.checkpoint_ns, checkpoint_id=stored.checkpoint_id,
+            parent_checkpoint_id=stored.parent_checkpoint_id, created_at=stored.created_at,
+            checkpoint=Value.of(stored.checkpoint), metadata=stored.metadata,
+            channel_versions=stored.channel_versions,
+            values={channel: Value.of(value) for channel, value in stored.values.items()},
+            pending_writes=[PendingWriteOut(task_id=w.task_id, channel=w.channel, idx=w.idx, task_path=w.task_path,
+                                            value=Value.of(w.value)) for w in stored.pending_writes],
+        )
+
+
+class CheckpointPage(BaseModel):
+    """One page of checkpoints, newest first; pass ``continuation`` back for the next page."""
+
+    items: list[Checkpoint]
+    continuation: str | None = None
+
+
+class WriteIn(BaseModel):
+    """One pending write."""
+
+    idx: int = Field(ge=-(2**31), le=2**31,
+                     description="Position in the task's writes; negative for special channels (replaced, "
+                                 "not kept, when written again).")
+    channel: str = Field(min_length=1, max_length=256)
+    value: Value
+
+
+class WritesPut(BaseModel):
+    """A task's pending writes for a checkpoint."""
+
+    task_path: str = Field(default="", max_length=1024, description="Path of the task in the graph.")
+    writes: list[WriteIn] = Field(max_length=1000)
+
+
+class WritesStored(BaseModel):
+    """Writes stored (new, or special ones replaced) and writes already there (kept as they were)."""
+
+    written: int
+    kept: int
+
+
+class ThreadOut(BaseModel):
+    """A thread that has checkpoints."""
+
+    thread_id: str
+    created_at: str
+
+
+class ThreadPage(BaseModel):
+    """One page of threads in id order; pass ``continuation`` back for the next page."""
+
+    items: list[ThreadOut]
+    continuation: str | None = None
+
+
+class CopyRequest(BaseModel):
+    """Where to copy a thread."""
+
+    target_thread_id: str = Field(min_length=1, max_length=128, description="Rows it already has are kept.")
+
+
+class CopyResult(BaseModel):
+    """How many checkpoints were copied."""
+
+    copied: int
+
+
+class PruneRequest(BaseModel):
+    """How to prune a thread."""
+
+    strategy: PruneStrategy = Field(default=PruneStrategy.KEEP_LATEST,
+                                    description="keep_latest: the newest checkpoint of each namespace; "
+                                                "delete: the whole thread.")
+
+
+class DeletedCount(BaseModel):
+    """How many checkpoints were deleted."""
+
+    deleted: int
+
+
+class RunsDelete(BaseModel):
+    """Runs whose checkpoints to delete."""
+
+    run_ids: list[str] = Field(min_length=1, max_length=100, description="Run ids (metadata 'run_id').")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A request body documented in OpenAPI but read by hand (to refuse it early when too large).
+
+    Nested models are inlined: "#/$defs/..." references would not resolve inside the OpenAPI document.
+    """
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
+
+
+async def _read_model(request: Request, model: type[BaseModel], limit: int) -> Any:
+    """The JSON body as ``model``; 413 before it is stored when over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInput("Content-Length is not a number")
+        if int(declared) > limit:
+            raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return model.model_validate_json(b"".join(chunks))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def _body_limit(request: Request) -> int:
+    """Base64 makes bytes 4/3 larger; allow some room for the JSON around them."""
+    return request.app.state.context.checkpoints.max_bytes * 4 // 3 + 1024 * 1024
+
+
+def _metadata_filter(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise InvalidInput("filter must be a JSON object, e.g. {\"source\": \"loop\"}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("filter must be a JSON object, e.g. {\"source\": \"loop\"}")
+    return value
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@router.get("/threads", response_model=ThreadPage, responses=responses(400, 401, 422),
+            summary="List the tenant's threads")
+def list_threads(
+    request: Request,
+    tenant: Tenant,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    continuation: str | None = None,
+) -> ThreadPage:
+    page = request.app.state.context.checkpoints.threads(tenant, limit=limit, continuation=continuation)
+    return ThreadPage(items=[ThreadOut(thread_id=t.thread_id, created_at=t.created_at) for t in page.items],
+                      continuation=page.continuation)
+
+
+@router.put(
+    "/threads/{thread_id}/checkpoints/{checkpoint_id}", response_model=CheckpointStored, status_code=201,
+    responses={200: {"model": CheckpointStored, "description": "Replaced a checkpoint with this id"},
+               **responses(400, 401, 413, 422)},
+    summary="Store a checkpoint and the channel values it introduces",
+    openapi_extra=_body_schema(CheckpointPut),
+)
+async def put_checkpoint(
+    thread_id: str,
+    checkpoint_id: str,
+    request: Request,
+    response: Response,
+    tenant: Tenant,
+    checkpoint_ns: Namespace = "",
+) -> CheckpointStored:
+    body: CheckpointPut = await _read_model(request, CheckpointPut, _body_limit(request))
+    checkpoint = body.checkpoint.typed("checkpoint")
+    values = {channel: value.typed(f"value of {channel!r}") for channel, value in body.new_values.items()}
+    ref = await run_in_threadpool(
+        request.app.state.context.checkpoints.put, tenant, thread_id, checkpoint_ns, checkpoint_id, checkpoint,
+        channel_versions=body.channel_versions, new_values=values, metadata=body.metadata,
+        parent_checkpoint_id=body.parent_checkpoint_id,
+    )
+    if not ref.created:
+        response.status_code = 200
+    return CheckpointStored.of(ref)
+
+
+@router.put(
+    "/threads/{thread_id}/checkpoints/{checkpoint_id}/writes/{task_id}", response_model=WritesStored,
+    responses=responses(400, 401, 413, 422),
+    summary="Store a task's pending writes (idempotent per task and idx)",
+    openapi_extra=_body_schema(WritesPut),
+)
+async def put_writes(
+    thread_id: str,
+    checkpoint_id: str,
+    task_id: str,
+    request: Request,
+    tenant: Tenant,
+    checkpoint_ns: Namespace = "",
+) -> WritesStored:
+    body: WritesPut = await _read_model(request, WritesPut, _body_limit(request))
+    writes = [(w.idx, w.channel, w.value.typed(f"write to {w.channel!r}")) for w in body.writes]
+    result = await run_in_threadpool(
+        request.app.state.context.checkpoints.put_writes, tenant, thread_id, checkpoint_ns, checkpoint_id,
+        task_id, writes, task_path=body.task_path,
+    )
+    return WritesStored(written=result.written, kept=result.kept)
+
+
+@router.get("/threads/{thread_id}/latest", response_model=Checkpoint, responses=responses(400, 401, 404, 422),
+            summary="The newest checkpoint of a namespace, with values and pending writes")
+def get_latest(request: Request, thread_id: str, tenant: Tenant, checkpoint_ns: Namespace = "") -> Checkpoint:
+    return Checkpoint.of(request.app.state.context.checkpoints.get(tenant, thread_id, checkpoint_ns))
+
+
+@router.get("/threads/{thread_id}/checkpoints/{checkpoint_id}", response_model=Checkpoint,
+            responses=responses(400, 401, 404, 422), summary="One checkpoint, with values and pending writes")
+def get_checkpoint(request: Request, thread_id: str, checkpoint_id: str, tenant: Tenant,
+                   checkpoint_ns: Namespace = "") -> Checkpoint:
+    return Checkpoint.of(request.app.state.context.checkpoints.get(tenant, thread_id, checkpoint_ns, checkpoint_id))
+
+
+@router.get("/threads/{thread_id}/checkpoints", response_model=CheckpointPage,
+            responses=responses(400, 401, 404, 422), summary="A thread's checkpoints, newest first")
+def list_checkpoints(
+    request: Request,
+    thread_id: str,
+    tenant: Tenant,
+    checkpoint_ns: Annotated[str | None, Query(max_length=256,
+                                               description="Only this namespace ('' is the root); "
+                                                           "omit it for every namespace.")] = None,
+    before: Annotated[str | None, Query(max_length=128, description="Only checkpoints older than this id.")] = None,
+    filter: Annotated[str | None, Query(max_length=4096,
+                                        description="JSON object of metadata values to match, "
+                                                    "e.g. {\"source\": \"loop\"}.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    continuation: str | None = None,
+) -> CheckpointPage:
+    page = request.app.state.context.checkpoints.list(
+        tenant, thread_id, checkpoint_ns=checkpoint_ns, before=before, metadata_filter=_metadata_filter(filter),
+        limit=limit, continuation=continuation)
+    return CheckpointPage(items=[Checkpoint.of(item) for item in page.items], continuation=page.continuation)
+
+
+@router.delete("/threads/{thread_id}", status_code=204, responses=responses(400, 401, 404),
+               summary="Delete a thread's checkpoints, values and pending writes")
+def delete_thread(request: Request, thread_id: str, tenant: Tenant) -> Response:
+    request.app.state.context.checkpoints.delete_thread(tenant, thread_id)
+    return Response(status_code=204)
+
+
+@router.post("/threads/{thread_id}/copy", response_model=CopyResult, status_code=201,
+             responses=responses(400, 401, 404, 422), summary="Copy a thread to another thread")
+def copy_thread(request: Request, thread_id: str, body: CopyRequest, tenant: Tenant) -> CopyResult:
+    copied = request.app.state.context.checkpoints.copy_thread(tenant, thread_id, body.target_thread_id)
+    return CopyResult(copied=copied)
+
+
+@router.post("/threads/{thread_id}/prune", response_model=DeletedCount, responses=responses(400, 401, 404, 422),
+             summary="Keep only the latest checkpoint of each namespace, or delete the thread")
+def prune_thread(request: Request, thread_id: str, body: PruneRequest, tenant: Tenant) -> DeletedCount:
+    deleted = request.app.state.context.checkpoints.prune(tenant, [thread_id], body.strategy)
+    return DeletedCount(deleted=deleted)
+
+
+@router.post("/runs/delete", response_model=DeletedCount, responses=responses(400, 401, 404, 422),
+             summary="Delete every checkpoint the given runs wrote")
+def delete_runs(request: Request, body: RunsDelete, tenant: Tenant) -> DeletedCount:
+    deleted = request.app.state.context.checkpoints.delete_for_runs(tenant, body.run_ids)
+    return DeletedCount(deleted=deleted)

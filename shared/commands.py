@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
-from shared import memory, objects, sessions, workflows
+from shared import checkpoints, memory, objects, sessions, workflows
 from shared.command_ops import CommandOp, Outcome
 
 from shared import names
@@ -75,7 +75,7 @@ class _EnvelopeBase(BaseModel):
 
 
 OPS: dict[str, CommandOp] = {
-    op.name: op for domain in (objects, memory, sessions, workflows) for op in domain.COMMANDS
+    op.name: op for domain in (objects, memory, sessions, workflows, checkpoints) for op in domain.COMMANDS
 }
 
 

@@ -20,6 +20,7 @@ import base64
 import contextlib
 import json
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -97,52 +98,84 @@ def _utc(timestamp: float) -> datetime:
 
 
 class _Database:
-    """One SQLite file with a connection per thread (sqlite3 connections are not shared)."""
+    """One SQLite file, with a small pool of connections shared by the process's threads.
+
+    Connections are pooled rather than kept per thread: callers such as LangGraph
+    start new threads all the time, and per-thread connections would pile up
+    unclosed. Writers of this process take turns on a lock before ``BEGIN
+    IMMEDIATE``, so they queue in Python instead of in SQLite's busy handler (which
+    polls with sleeps); other processes still wait on SQLite's own lock.
+    """
+
+    MAX_IDLE = 8
 
     def __init__(self, path: Path, schema: str, synchronous: str) -> None:
         self.path = path
         self._synchronous = synchronous
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        with _translated():
-            self.connection().executescript(schema)
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        conn = self._acquire()
+        try:
+            with _translated():
+                conn.executescript(schema)
+        finally:
+            self._release(conn)
 
-    def connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+    def _open(self) -> sqlite3.Connection:
+        with _translated():
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
         return conn
+
+    def _acquire(self) -> sqlite3.Connection:
+        if self._closed:
+            raise BackendUnavailable("the local store was closed")
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self._open()
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        if self._closed or self._idle.qsize() >= self.MAX_IDLE:
+            conn.close()
+        else:
+            self._idle.put(conn)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that holds the writer lock from the start (no upgrade deadlocks)."""
-        conn = self.connection()
-        with _translated():
-            conn.execute("BEGIN IMMEDIATE")
+        with self._write_lock:
+            conn = self._acquire()
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                with _translated():
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield conn
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+            finally:
+                self._release(conn)
 
     def read(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with _translated():
-            return self.connection().execute(sql, params).fetchall()
+        conn = self._acquire()
+        try:
+            with _translated():
+                return conn.execute(sql, params).fetchall()
+        finally:
+            self._release(conn)
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
 
 # --------------------------------------------------------------------------- properties

@@ -1,0 +1,493 @@
+"""Checkpoints service: the same tests on local, Azurite and moto."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+
+import pytest
+
+from shared import checkpoints as checkpoints_module
+from shared import commands, names
+from shared.checkpoints import (
+    VALUE_GRACE_SECONDS,
+    CheckpointService,
+    PruneStrategy,
+    TypedValue,
+    _inverted,
+)
+from shared.errors import InvalidInput, InvalidKey, NotFound, TooLarge
+from shared.manager import StorageManager
+
+LATER = 10 * VALUE_GRACE_SECONDS  # seconds: "now" for maintenance that should collect garbage values
+
+
+@pytest.fixture
+def tenant() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def service(stores) -> CheckpointService:
+    return CheckpointService(stores)
+
+
+def cp(label: str) -> TypedValue:
+    return TypedValue("json", json.dumps({"checkpoint": label}).encode())
+
+
+def val(text: str | bytes) -> TypedValue:
+    return TypedValue("bytes", text if isinstance(text, bytes) else text.encode())
+
+
+def checkpoint_id(n: int) -> str:
+    """Time-ordered ids like LangGraph's UUIDv6 ones: a larger n is newer."""
+    return f"1ef{n:05x}-0000-6000-8000-{uuid.uuid4().hex[:12]}"
+
+
+def rows(stores, tenant: str, thread_id: str, prefix: str) -> list:
+    """The stored rows of a thread under a row-key prefix (the layout the module docstring describes)."""
+    raw = stores.table(names.TABLE_CHECKPOINTS).table
+    return list(raw.query_all(f"{tenant}|t|{thread_id}", prefix=prefix))
+
+
+def offloaded_blobs(stores) -> set[str]:
+    return {b.key for b in stores.blobs().list_all(f"offload/tables/{names.TABLE_CHECKPOINTS}/")}
+
+
+def put_chain(service, tenant, thread_id, count, *, ns="", run_id=None, source=lambda i: "loop"):
+    """``count`` checkpoints, each the child of the previous one; channel 'n' changes every step."""
+    ids, parent = [], None
+    for i in range(count):
+        cid = checkpoint_id(i + 1)
+        metadata = {"source": source(i), "step": i, **({"run_id": run_id} if run_id else {})}
+        service.put(tenant, thread_id, ns, cid, cp(cid), channel_versions={"n": str(i + 1), "fixed": "1"},
+                    new_values={"n": val(str(i)), **({"fixed": val("F")} if i == 0 else {})},
+                    metadata=metadata, parent_checkpoint_id=parent)
+        ids.append(cid)
+        parent = cid
+    return ids
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_inverted_ids_sort_newest_first_for_any_ids():
+    alphabet = checkpoints_module._ALPHABET
+    ids = {"".join(random.choice(alphabet) for _ in range(random.randint(1, 12))) for _ in range(2000)}
+    ids |= {"a", "ab", "abc", "b", "1ef0", "1ef0-1", "Z", "_", "-", "."}  # prefixes of each other
+    assert sorted(ids, key=_inverted) == sorted(ids, reverse=True)
+
+
+def test_latest_is_the_first_row_of_its_namespace_prefix(service, stores, tenant):
+    ids = [checkpoint_id(n) for n in range(1, 41)]
+    for cid in random.sample(ids, len(ids)):  # stored in random order
+        service.put(tenant, "th", "", cid, cp(cid))
+    other = checkpoint_id(99)
+    service.put(tenant, "th", "sub:1", other, cp("other namespace"))
+    first = stores.table(names.TABLE_CHECKPOINTS).table.query(f"{tenant}|t|th", prefix="c||", limit=1).items
+    assert first[0]["id"] == ids[-1]  # a one-row prefix query, whatever the history's length
+    assert service.get(tenant, "th").checkpoint_id == ids[-1]
+    assert service.get(tenant, "th", "sub:1").checkpoint_id == other
+
+
+# --------------------------------------------------------------------------- put and get
+
+
+def test_put_and_get_round_trip_with_parent_metadata_and_values(service, tenant):
+    first = service.put(tenant, "th", "", "c1", cp("one"), channel_versions={"a": "1", "b": "1"},
+                        new_values={"a": val("A1"), "b": val("B1")},
+                        metadata={"source": "input", "step": -1, "run_id": "run-1", "user": {"x": [1, 2]}})
+    assert first.created and first.parent_checkpoint_id is None
+    service.put(tenant, "th", "", "c2", cp("two"), channel_versions={"a": "2", "b": "1"},
+                new_values={"a": val("A2")}, metadata={"source": "loop", "step": 0}, parent_checkpoint_id="c1")
+    latest = service.get(tenant, "th")
+    assert (latest.checkpoint_id, latest.parent_checkpoint_id) == ("c2", "c1")
+    assert latest.checkpoint == cp("two")
+    assert latest.values == {"a": val("A2"), "b": val("B1")}  # b comes from c1's write
+    assert latest.channel_versions == {"a": "2", "b": "1"}
+    older = service.get(tenant, "th", "", "c1")
+    assert older.values == {"a": val("A1"), "b": val("B1")}
+    assert older.metadata == {"source": "input", "step": -1, "run_id": "run-1", "user": {"x": [1, 2]}}
+    assert older.created_at.endswith("+00:00")
+    with pytest.raises(NotFound):
+        service.get(tenant, "th", "", "c3")
+    with pytest.raises(NotFound):
+        service.get(tenant, "th", "other")
+    with pytest.raises(NotFound):
+        service.get(tenant, "nobody")
+
+
+def test_a_step_that_changes_one_channel_writes_one_value(service, stores, tenant):
+    versions = {"messages": "1", "plan": "1", "notes": "1"}
+    service.put(tenant, "th", "", "c1", cp("1"), channel_versions=versions,
+                new_values={name: val(name * 100) for name in versions})
+    service.put(tenant, "th", "", "c2", cp("2"), channel_versions={**versions, "messages": "2"},
+                new_values={"messages": val("more")}, parent_checkpoint_id="c1")
+    assert len(rows(stores, tenant, "th", "v|")) == 4  # 3 + the one that changed
+    assert service.get(tenant, "th").values["plan"] == val("plan" * 100)
+    # A version is written once: a later put carrying another value for it does not rewrite it.
+    service.put(tenant, "th", "", "c3", cp("3"), channel_versions=versions, new_values={"plan": val("changed")})
+    assert service.get(tenant, "th", "", "c3").values["plan"] == val("plan" * 100)
+
+
+def test_repeating_a_put_replaces_the_checkpoint_and_keeps_values(service, stores, tenant):
+    args = {"channel_versions": {"a": "1"}, "new_values": {"a": val("A")}, "metadata": {"step": 1}}
+    assert service.put(tenant, "th", "", "c1", cp("x"), **args).created
+    again = service.put(tenant, "th", "", "c1", cp("y"), **args)
+    assert not again.created
+    assert len(rows(stores, tenant, "th", "c|")) == 1
+    assert service.get(tenant, "th").checkpoint == cp("y")
+
+
+def test_more_channels_than_one_batch_holds(service, tenant):
+    versions = {f"channel_{i}": "1" for i in range(250)}
+    service.put(tenant, "th", "", "c1", cp("wide"), channel_versions=versions,
+                new_values={name: val(name) for name in versions})
+    assert service.get(tenant, "th").values == {name: val(name) for name in versions}
+
+
+def test_large_values_round_trip_through_the_offload_mechanism(service, stores, tenant):
+    before = offloaded_blobs(stores)
+    big = random.randbytes(5 * 1024 * 1024)
+    medium = random.randbytes(200 * 1024)  # kept inline, split over properties
+    several = {f"m{i}": val(random.randbytes(300 * 1024)) for i in range(12)}  # more than one batch's bytes
+    versions = {"big": "1", "medium": "1", **dict.fromkeys(several, "1")}
+    service.put(tenant, "th", "", "c1", cp("big"), channel_versions=versions,
+                new_values={"big": val(big), "medium": val(medium), **several})
+    screenshot = random.randbytes(3 * 1024 * 1024)
+    assert service.put_writes(tenant, "th", "", "c1", "task", [(0, "screenshot", val(screenshot))]).written == 1
+    stored = service.get(tenant, "th")
+    assert stored.values["big"].data == big
+    assert stored.values["medium"].data == medium
+    assert all(stored.values[name] == value for name, value in several.items())
+    assert stored.pending_writes[0].value.data == screenshot
+    made = offloaded_blobs(stores) - before
+    assert len(made) >= 2  # the 5 MB value and the screenshot went to blobs
+    service.delete_thread(tenant, "th")
+    assert not (offloaded_blobs(stores) & made)  # and deleting the thread freed them
+
+
+# --------------------------------------------------------------------------- list
+
+
+def test_list_newest_first_with_before_limit_filter_and_pages(service, tenant):
+    ids = put_chain(service, tenant, "th", 7, source=lambda i: "input" if i % 3 == 0 else "loop")
+    child = checkpoint_id(50)
+    service.put(tenant, "th", "child:1", child, cp("child"), metadata={"source": "loop", "step": 9})
+    root = service.list(tenant, "th", checkpoint_ns="")
+    assert [c.checkpoint_id for c in root.items] == ids[::-1] and root.continuation is None
+    assert root.items[0].values == {"n": val("6"), "fixed": val("F")}
+    everything = service.list(tenant, "th").items
+    assert [c.checkpoint_id for c in everything] == [child] + ids[::-1]
+    assert [c.checkpoint_id for c in service.list(tenant, "th", checkpoint_ns="", before=ids[3]).items] == ids[2::-1]
+    inputs = service.list(tenant, "th", checkpoint_ns="", metadata_filter={"source": "input"}).items
+    assert [c.checkpoint_id for c in inputs] == [ids[6], ids[3], ids[0]]
+    assert service.list(tenant, "th", metadata_filter={"source": "loop", "step": 9}).items[0].checkpoint_ns == "child:1"
+    assert service.list(tenant, "th", checkpoint_ns="", metadata_filter={"source": "update"}).items == []
+    pages, token = [], None
+    while True:
+        page = service.list(tenant, "th", checkpoint_ns="", limit=3, continuation=token)
+        pages.append([c.checkpoint_id for c in page.items])
+        token = page.continuation
+        if not token:
+            break
+    assert [cid for page in pages for cid in page] == ids[::-1] and all(len(p) <= 3 for p in pages)
+    filtered_pages, token = [], None
+    while True:  # filtered pages skip non-matching rows between pages
+        page = service.list(tenant, "th", checkpoint_ns="", metadata_filter={"source": "loop"}, limit=2,
+                            continuation=token)
+        filtered_pages.extend(c.checkpoint_id for c in page.items)
+        token = page.continuation
+        if not token:
+            break
+    assert filtered_pages == [ids[5], ids[4], ids[2], ids[1]]
+    with pytest.raises(NotFound):
+        service.list(tenant, "no-such-thread")
+
+
+def test_threads_are_listed_from_their_index(service, tenant):
+    for thread_id in ("b-thread", "a-thread", "c-thread"):
+        put_chain(service, tenant, thread_id, 2)
+    assert [t.thread_id for t in service.threads(tenant).items] == ["a-thread", "b-thread", "c-thread"]
+    service.delete_thread(tenant, "b-thread")
+    assert [t.thread_id for t in service.threads(tenant).items] == ["a-thread", "c-thread"]
+
+
+# --------------------------------------------------------------------------- pending writes
+
+
+def test_pending_writes_never_duplicate_and_special_channels_are_replaced(service, tenant):
+    service.put(tenant, "th", "", "c1", cp("1"))
+    first = service.put_writes(tenant, "th", "", "c1", "task-b", [(0, "x", val("1")), (1, "y", val("2")),
+                                                                 (-3, "__interrupt__", val("ask"))], task_path="b")
+    assert (first.written, first.kept) == (3, 0)
+    again = service.put_writes(tenant, "th", "", "c1", "task-b", [(0, "x", val("changed")), (1, "y", val("2")),
+                                                                 (-3, "__interrupt__", val("ask again"))], task_path="b")
+    assert (again.written, again.kept) == (1, 2)  # the regular ones kept, the special one replaced
+    service.put_writes(tenant, "th", "", "c1", "task-a", [(0, "x", val("from a"))], task_path="a")
+    writes = service.get(tenant, "th").pending_writes
+    assert [(w.task_path, w.task_id, w.idx, w.value.data) for w in writes] == [
+        ("a", "task-a", 0, b"from a"), ("b", "task-b", -3, b"ask again"), ("b", "task-b", 0, b"1"),
+        ("b", "task-b", 1, b"2")]
+    service.put(tenant, "th", "", "c2", cp("2"), parent_checkpoint_id="c1")
+    assert service.get(tenant, "th").pending_writes == []  # a new checkpoint starts with none
+
+
+def test_concurrent_writers_of_the_same_task_store_each_write_once(service, tenant):
+    service.put(tenant, "th", "", "c1", cp("1"))
+    writes = [(i, f"channel{i}", val(f"value {i}")) for i in range(30)]
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def writer() -> None:
+        try:
+            barrier.wait()
+            service.put_writes(tenant, "th", "", "c1", "task", random.sample(writes, len(writes)))
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    stored = service.get(tenant, "th").pending_writes
+    assert sorted((w.idx, w.value.data) for w in stored) == [(i, f"value {i}".encode()) for i in range(30)]
+
+
+def test_simultaneous_writers_of_one_thread_share_batches_and_each_gets_its_own_result(service, tenant):
+    service.put(tenant, "th", "", "c1", cp("1"))
+    service.put_writes(tenant, "th", "", "c1", "task-0-0", [(0, "x", val("first"))])
+    barrier = threading.Barrier(8)
+    results: dict[str, tuple[int, int]] = {}
+
+    def writer(worker: int) -> None:
+        barrier.wait()
+        for i in range(6):
+            task = f"task-{worker}-{i}"
+            done = service.put_writes(tenant, "th", "", "c1", task, [(0, "x", val(task)), (1, "y", val(task))])
+            results[task] = (done.written, done.kept)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.pop("task-0-0") == (1, 1)  # its idx 0 was already there: kept, in a group or not
+    assert set(results.values()) == {(2, 0)} and len(results) == 47
+    stored = service.get(tenant, "th").pending_writes
+    assert len(stored) == 96
+    assert {(w.task_id, w.idx): w.value.data for w in stored}[("task-0-0", 0)] == b"first"
+
+
+def test_concurrent_puts_on_one_thread_lose_nothing(service, tenant):
+    barrier = threading.Barrier(6)
+    made: list[str] = []
+
+    def writer(worker: int) -> None:
+        barrier.wait()
+        for step in range(5):
+            cid = checkpoint_id(worker * 100 + step)
+            service.put(tenant, "th", "", cid, cp(cid), channel_versions={f"w{worker}": str(step)},
+                        new_values={f"w{worker}": val(f"{worker}.{step}")}, metadata={"run_id": f"run-{worker}"})
+            made.append(cid)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    listed = [c.checkpoint_id for c in service.list(tenant, "th", checkpoint_ns="", limit=1000).items]
+    assert listed == sorted(made, reverse=True)
+    assert service.get(tenant, "th").checkpoint_id == max(made)
+    assert service.delete_for_runs(tenant, ["run-3"]) == 5
+
+
+# --------------------------------------------------------------------------- maintenance
+
+
+def test_delete_thread_removes_every_row_and_index_and_is_safe_to_repeat(service, stores, tenant):
+    put_chain(service, tenant, "doomed", 4, run_id="run-1")
+    service.put_writes(tenant, "doomed", "", checkpoint_id(4), "task", [(0, "x", val(random.randbytes(400_000)))])
+    put_chain(service, tenant, "kept", 2, run_id="run-1")
+    assert service.delete_thread(tenant, "doomed") == 4
+    raw = stores.table(names.TABLE_CHECKPOINTS).table
+    assert raw.query(f"{tenant}|t|doomed").items == []
+    assert [r.row_key for r in raw.query_all(f"{tenant}|r|run-1")] == ["kept"]
+    with pytest.raises(NotFound):
+        service.delete_thread(tenant, "doomed")
+    assert len(service.list(tenant, "kept").items) == 2
+
+
+def test_delete_thread_finishes_what_a_crashed_delete_left(service, stores, tenant):
+    put_chain(service, tenant, "th", 3, run_id="run-1")
+    table = stores.table(names.TABLE_CHECKPOINTS)
+    for row in rows(stores, tenant, "th", "c|") + rows(stores, tenant, "th", "w|"):  # the first steps, then a crash
+        table.delete(row.partition_key, row.row_key)
+    assert service.delete_thread(tenant, "th") == 0
+    assert table.table.query(f"{tenant}|t|th").items == []
+    assert table.table.query(f"{tenant}|r|run-1").items == []  # found through the run rows left behind
+    assert service.threads(tenant).items == []
+
+
+def test_delete_for_runs_keeps_values_later_checkpoints_share(service, stores, tenant):
+    service.put(tenant, "th", "", "c1", cp("1"), channel_versions={"a": "1", "b": "1"},
+                new_values={"a": val("A1"), "b": val("B1")}, metadata={"run_id": "run-1"})
+    service.put_writes(tenant, "th", "", "c1", "task", [(0, "a", val("w"))])
+    service.put(tenant, "th", "", "c2", cp("2"), channel_versions={"a": "2", "b": "1"},
+                new_values={"a": val("A2")}, metadata={"run_id": "run-2"}, parent_checkpoint_id="c1")
+    put_chain(service, tenant, "other", 2, run_id="run-1")
+    assert service.delete_for_runs(tenant, ["run-1", "run-unknown"], now=time.time() + LATER) == 3
+    assert [c.checkpoint_id for c in service.list(tenant, "th").items] == ["c2"]
+    assert service.get(tenant, "th").values == {"a": val("A2"), "b": val("B1")}  # b@1 was c1's, c2 needs it
+    assert {r["ch"] + "@" + r["ver"] for r in rows(stores, tenant, "th", "v|")} == {"a@2", "b@1"}
+    assert rows(stores, tenant, "th", "w|") == []
+    with pytest.raises(NotFound):
+        service.list(tenant, "other")
+    assert service.delete_for_runs(tenant, ["run-1"]) == 0  # repeatable
+    with pytest.raises(NotFound):
+        service.delete_for_runs(tenant, ["never-ran"])
+
+
+def test_copy_thread_copies_everything_and_stands_alone(service, stores, tenant):
+    ids = put_chain(service, tenant, "src", 3, run_id="run-1")
+    service.put(tenant, "src", "child:1", checkpoint_id(90), cp("child"), channel_versions={"big": "1"},
+                new_values={"big": val(random.randbytes(2 * 1024 * 1024))})
+    service.put_writes(tenant, "src", "", ids[-1], "task", [(0, "x", val("pending"))])
+    assert service.copy_thread(tenant, "src", "dst") == 4
+    source = service.list(tenant, "src").items
+    copy = service.list(tenant, "dst").items
+    assert [(c.checkpoint_id, c.checkpoint_ns, c.values, c.metadata, c.pending_writes) for c in copy] == [
+        (c.checkpoint_id, c.checkpoint_ns, c.values, c.metadata, c.pending_writes) for c in source]
+    assert service.copy_thread(tenant, "src", "dst") == 0  # repeating adds nothing
+    assert len(rows(stores, tenant, "dst", "c|")) == 4
+    service.delete_thread(tenant, "src")
+    assert service.get(tenant, "dst", "child:1").values["big"] == source[0].values["big"]  # its own blobs
+    assert service.delete_for_runs(tenant, ["run-1"]) == 3  # the copy's run rows were indexed too
+    with pytest.raises(NotFound):
+        service.copy_thread(tenant, "src", "elsewhere")
+    with pytest.raises(InvalidInput):
+        service.copy_thread(tenant, "dst", "dst")
+
+
+def test_prune_keep_latest_per_namespace_keeps_its_values_and_writes(service, stores, tenant):
+    ids = put_chain(service, tenant, "th", 5)
+    child = put_chain(service, tenant, "th", 3, ns="child:1")
+    service.put_writes(tenant, "th", "", ids[-1], "task", [(0, "x", val("latest's write"))])
+    service.put_writes(tenant, "th", "", ids[1], "task", [(0, "x", val("old write"))])
+    assert service.prune(tenant, ["th"], now=time.time()) == 6
+    assert [c.checkpoint_id for c in service.list(tenant, "th").items] == [ids[-1], child[-1]]
+    assert len(rows(stores, tenant, "th", "v|")) == 10  # values are young: the grace period keeps them
+    assert service.prune(tenant, ["th"], PruneStrategy.KEEP_LATEST, now=time.time() + LATER) == 0
+    assert len(rows(stores, tenant, "th", "v|")) == 4  # n and fixed of each kept checkpoint
+    latest = service.get(tenant, "th")
+    assert latest.values == {"n": val("4"), "fixed": val("F")}
+    assert [w.value.data for w in latest.pending_writes] == [b"latest's write"]
+    assert len(rows(stores, tenant, "th", "w|")) == 1
+
+
+def test_prune_delete_strategy_and_unknown_threads(service, tenant):
+    put_chain(service, tenant, "a", 3)
+    put_chain(service, tenant, "b", 2)
+    assert service.prune(tenant, ["a", "ghost"], "delete") == 3
+    with pytest.raises(NotFound):
+        service.list(tenant, "a")
+    with pytest.raises(NotFound):
+        service.prune(tenant, ["ghost"])
+    with pytest.raises(InvalidInput):
+        service.prune(tenant, ["b"], "keep_some")
+    assert len(service.list(tenant, "b").items) == 2
+
+
+# --------------------------------------------------------------------------- validation and tenancy
+
+
+def test_inputs_are_validated_before_anything_is_written(service, stores, tenant):
+    with pytest.raises(InvalidKey):
+        service.put(tenant, "bad thread", "", "c1", cp("x"))
+    with pytest.raises(InvalidKey):
+        service.put(tenant, "th", "", "c/1", cp("x"))
+    with pytest.raises(InvalidKey):
+        service.put(tenant, "th", "bad\x00ns", "c1", cp("x"))
+    with pytest.raises(InvalidInput):
+        service.put(tenant, "th", "", "c1", cp("x"), new_values={"a": val("no version")})
+    with pytest.raises(InvalidInput):
+        service.put(tenant, "th", "", "c1", cp("x"), metadata={"when": object()})
+    with pytest.raises(InvalidInput):
+        service.put(tenant, "th", "", "c1", TypedValue("", b"x"))
+    with pytest.raises(InvalidInput):
+        service.put_writes(tenant, "th", "", "c1", "task", [(0, "a", val("1")), (0, "b", val("2"))])
+    service.max_bytes = 1000
+    with pytest.raises(TooLarge):
+        service.put(tenant, "th", "", "c1", cp("x"), channel_versions={"a": "1"}, new_values={"a": val(b"x" * 1001)})
+    with pytest.raises(TooLarge):
+        service.put_writes(tenant, "th", "", "c1", "task", [(0, "a", val(b"x" * 1001))])
+    assert rows(stores, tenant, "th", "") == []
+    assert service.threads(tenant).items == []
+
+
+def test_another_tenant_sees_nothing_and_changes_nothing(service, tenant):
+    ids = put_chain(service, tenant, "th", 3, run_id="run-1")
+    other = "o" + tenant
+    for attempt in (lambda: service.get(other, "th"), lambda: service.get(other, "th", "", ids[0]),
+                    lambda: service.list(other, "th"), lambda: service.delete_thread(other, "th"),
+                    lambda: service.copy_thread(other, "th", "mine"), lambda: service.prune(other, ["th"]),
+                    lambda: service.delete_for_runs(other, ["run-1"])):
+        with pytest.raises(NotFound):
+            attempt()
+    service.put(other, "th", "", ids[-1], cp("theirs"))  # lands in the other tenant only
+    assert service.get(tenant, "th").checkpoint == cp(ids[-1])
+    assert service.threads(other).items[0].thread_id == "th"
+    assert len(service.list(tenant, "th").items) == 3
+
+
+def test_storage_manager_offers_checkpoints_for_its_tenant(stores, tenant):
+    storage = StorageManager(stores, tenant)
+    storage.checkpoints.put("th", "", "c1", cp("1"), channel_versions={"a": "1"}, new_values={"a": val("A")})
+    assert storage.checkpoints.get("th").values == {"a": val("A")}
+    assert "put_writes" in dir(storage.checkpoints) and "delete_for_runs" in dir(storage.checkpoints)
+
+
+# --------------------------------------------------------------------------- queue commands
+
+
+@pytest.fixture
+def processor(stores) -> commands.CommandProcessor:
+    return commands.CommandProcessor(stores)
+
+
+def envelope(tenant: str, op: str, **payload) -> str:
+    return json.dumps({"version": 1, "op": op, "tenant": tenant, "idempotency_key": uuid.uuid4().hex,
+                       "payload": payload})
+
+
+def test_queue_commands_apply_once_when_redelivered(service, processor, tenant):
+    put_chain(service, tenant, "src", 3, run_id="run-1")
+    copy = envelope(tenant, "checkpoints.copy_thread", source_thread_id="src", target_thread_id="dst")
+    assert processor.process(copy).status == "applied"
+    newest = checkpoint_id(99)
+    service.put(tenant, "dst", "", newest, cp("new"))
+    assert processor.process(copy, dequeue_count=2).status == "duplicate"
+    assert len(service.list(tenant, "dst").items) == 4
+    prune = envelope(tenant, "checkpoints.prune", thread_ids=["dst"])
+    assert processor.process(prune).status == "applied"
+    assert processor.process(prune, dequeue_count=2).status == "duplicate"
+    assert [c.checkpoint_id for c in service.list(tenant, "dst").items] == [newest]
+    runs = envelope(tenant, "checkpoints.delete_runs", run_ids=["run-1"])
+    assert processor.process(runs).status == "applied"
+    assert processor.process(runs, dequeue_count=2).status == "duplicate"
+    with pytest.raises(NotFound):
+        service.list(tenant, "src")
+    delete = envelope(tenant, "checkpoints.delete_thread", thread_id="dst")
+    assert processor.process(delete).status == "applied"
+    assert processor.process(delete, dequeue_count=2).status == "duplicate"
+    with pytest.raises(NotFound):
+        service.list(tenant, "dst")
+    missing = envelope(tenant, "checkpoints.copy_thread", source_thread_id="ghost", target_thread_id="x")
+    outcome = processor.process(missing)
+    assert outcome.status == "poisoned" and "ghost" in outcome.detail
