@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -19,9 +18,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from functions.auth import tenant_of
+from functions.http_common import json_object_param, read_body
 from functions.problems import responses
 from shared.checkpoints import CheckpointRef, PruneStrategy, StoredCheckpoint, TypedValue
-from shared.errors import InvalidInput, TooLarge
+from shared.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"])
 Tenant = Annotated[str, Depends(tenant_of)]
@@ -217,20 +217,9 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 async def _read_model(request: Request, model: type[BaseModel], limit: int) -> Any:
     """The JSON body as ``model``; 413 before it is stored when over ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidInput("Content-Length is not a number")
-        if int(declared) > limit:
-            raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    body = await read_body(request, limit)
     try:
-        return model.model_validate_json(b"".join(chunks))
+        return model.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
@@ -238,18 +227,6 @@ async def _read_model(request: Request, model: type[BaseModel], limit: int) -> A
 def _body_limit(request: Request) -> int:
     """Base64 makes bytes 4/3 larger; allow some room for the JSON around them."""
     return request.app.state.context.checkpoints.max_bytes * 4 // 3 + 1024 * 1024
-
-
-def _metadata_filter(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise InvalidInput("filter must be a JSON object, e.g. {\"source\": \"loop\"}") from None
-    if not isinstance(value, dict):
-        raise InvalidInput("filter must be a JSON object, e.g. {\"source\": \"loop\"}")
-    return value
 
 
 # --------------------------------------------------------------------------- routes
@@ -349,7 +326,7 @@ def list_checkpoints(
     continuation: str | None = None,
 ) -> CheckpointPage:
     page = request.app.state.context.checkpoints.list(
-        tenant, thread_id, checkpoint_ns=checkpoint_ns, before=before, metadata_filter=_metadata_filter(filter),
+        tenant, thread_id, checkpoint_ns=checkpoint_ns, before=before, metadata_filter=json_object_param(filter, "filter"),
         limit=limit, continuation=continuation)
     return CheckpointPage(items=[Checkpoint.of(item) for item in page.items], continuation=page.continuation)
 

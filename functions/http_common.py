@@ -52,3 +52,16 @@ async def read_json(request: Request, limit: int, what: str = "body") -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise InvalidInput(f"{what} is not JSON: {exc}") from None
+
+
+def json_object_param(text: str | None, name: str) -> dict[str, Any] | None:
+    """A query parameter holding a JSON object, e.g. ``metadata={"project":"apollo"}``."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidInput(f'{name} must be a JSON object, e.g. {{"project":"apollo"}}')
+    return value

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.auth import tenant_of
-from functions.http_common import quoted, unquote
+from functions.http_common import json_object_param, quoted, unquote
 from functions.problems import responses
-from shared.errors import InvalidInput
 from shared.memory import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread
 
 router = APIRouter(prefix="/api/v1", tags=["memory"])
@@ -132,18 +130,6 @@ def _given(model: BaseModel, name: str) -> Any:
     return getattr(model, name) if name in model.model_fields_set else ...
 
 
-def _metadata_filter(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise InvalidInput('metadata must be a JSON object, e.g. {"project":"apollo"}') from None
-    if not isinstance(value, dict):
-        raise InvalidInput('metadata must be a JSON object, e.g. {"project":"apollo"}')
-    return value
-
-
 # --------------------------------------------------------------------------- threads
 
 
@@ -172,7 +158,7 @@ def list_threads(
     continuation: str | None = None,
 ) -> ThreadPage:
     page = request.app.state.context.memory.list_threads(
-        tenant, resource, metadata=_metadata_filter(metadata), limit=limit, continuation=continuation)
+        tenant, resource, metadata=json_object_param(metadata, "metadata"), limit=limit, continuation=continuation)
     return ThreadPage(items=[ThreadOut.of(t) for t in page.items], continuation=page.continuation)
 
 
