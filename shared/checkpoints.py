@@ -89,7 +89,7 @@ from shared.backends.base import (
 )
 from shared.command_ops import CommandOp, CommandPayload, Outcome
 from shared.errors import AlreadyExists, Conflict, InvalidInput, InvalidKey, NotFound, StowageError, TooLarge
-from shared.keys import check_tenant, escape
+from shared.keys import check_id, check_tenant, escape
 from shared.stores import Stores
 
 FORMAT_VERSION = 1
@@ -110,7 +110,6 @@ VALUE_GRACE_SECONDS = 600
 #: A list page stops growing past this many bytes of values (it always holds one item).
 LIST_PAGE_BYTES = 16 * 1024 * 1024
 
-_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TYPE = re.compile(r"[!-~]{1,64}")
 # Every character a checkpoint id may hold, in code-point order; inverting maps the
@@ -304,13 +303,6 @@ def _value_rk(ns_part: str, channel: str, version: str) -> str:
 
 def _writes_prefix(ns_part: str, checkpoint_id: str) -> str:
     return f"w|{ns_part}|{checkpoint_id}|"
-
-
-def check_id(value: str, what: str) -> str:
-    """Thread and checkpoint ids: 1-128 letters, digits, '.', '_', ':' or '-'."""
-    if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise InvalidKey(f"{what} must be 1-{MAX_ID_LENGTH} letters, digits, '.', '_', ':' or '-', got {value!r}")
-    return value
 
 
 def _check_text(value: str, what: str, *, empty: bool = False, max_length: int = MAX_TEXT_LENGTH) -> str:

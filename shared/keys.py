@@ -65,3 +65,15 @@ def check_path_key(key: str, *, max_length: int = 256, what: str = "key") -> str
         if segment.endswith("."):
             raise InvalidKey(f"{what} has a segment ending in '.'")
     return key
+
+
+#: Ids of threads, sessions, workflows, checkpoints, events and resources.
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_ID = re.compile(ID_PATTERN)
+
+
+def check_id(value: object, what: str) -> str:
+    """An id: 1-128 letters, digits, '.', '_', ':' or '-' (InvalidKey otherwise)."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidKey(f"{what} must be 1-128 letters, digits, '.', '_', ':' or '-'; got {value!r}")
+    return value

@@ -91,12 +91,11 @@ from shared.errors import (
     AlreadyExists,
     Conflict,
     InvalidInput,
-    InvalidKey,
     NotFound,
     PreconditionFailed,
     TooLarge,
 )
-from shared.keys import check_tenant
+from shared.keys import check_id, check_tenant
 from shared.stores import Stores
 
 #: Largest content of one message (UTF-8 text, or JSON parts serialised), checked before writing.
@@ -111,7 +110,6 @@ DELETION_GRACE_SECONDS = 600
 DELETING_PARTITION = "!deleting"
 THREAD_ROW = "thread"
 
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _MESSAGE_ID = re.compile(r"^msg_(\d{12})_[0-9a-f]{8}$")
 _WRITE_ATTEMPTS = 64
 _INDEX_SPAN = 10**19
@@ -181,12 +179,6 @@ class NewMessage:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
-
-
-def _check_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise InvalidKey(f"{what} must be 1-128 characters of letters, digits, '.', '_', ':' or '-'; got {value!r}")
-    return value
 
 
 def _json_text(value: Any, what: str, limit: int) -> str:
@@ -289,7 +281,7 @@ class MemoryService:
 
     def _live_thread(self, tenant: str, thread_id: str) -> Entity:
         check_tenant(tenant)
-        _check_id(thread_id, "thread id")
+        check_id(thread_id, "thread id")
         thread = self._find(self._thread_pk(tenant, thread_id), THREAD_ROW)
         if thread is None or thread.get("deleting"):
             raise NotFound(f"thread {thread_id!r} does not exist")
@@ -358,7 +350,7 @@ class MemoryService:
                                       "metadata": _metadata_text(message.metadata, "message metadata")}
         parent_seq = None
         if message.parent_message_id is not None:
-            _check_id(message.parent_message_id, "parent message id")
+            check_id(message.parent_message_id, "parent message id")
             parent_seq = _seq_of_message_id(message.parent_message_id)
             if parent_seq is None:
                 raise InvalidInput(f"parent message {message.parent_message_id!r} is not in this thread")
@@ -387,14 +379,14 @@ class MemoryService:
                 idempotency_key: str | None) -> tuple[Thread, bool]:
         """The thread, and whether an earlier call with this idempotency key created it."""
         check_tenant(tenant)
-        _check_id(resource, "resource")
+        check_id(resource, "resource")
         _check_title(title)
         metadata_text = _metadata_text(metadata, "thread metadata")
         created_key = _marker_rk(idempotency_key)[2:] if idempotency_key is not None else None
         if thread_id is None:
             thread_id = ("thread_" + hashlib.sha256(f"{tenant}|{created_key}".encode()).hexdigest()[:32]
                          if created_key else f"thread_{uuid.uuid4().hex}")
-        _check_id(thread_id, "thread id")
+        check_id(thread_id, "thread id")
         pk = self._thread_pk(tenant, thread_id)
         existing = self._find(pk, THREAD_ROW)
         if existing is not None and existing.get("deleting"):
@@ -459,7 +451,7 @@ class MemoryService:
         """Delete the thread and all its messages, in chunks. Safe to retry after a crash halfway:
         a thread whose delete was interrupted is still found (and reads as 404 meanwhile)."""
         check_tenant(tenant)
-        _check_id(thread_id, "thread id")
+        check_id(thread_id, "thread id")
         thread = self._find(self._thread_pk(tenant, thread_id), THREAD_ROW)
         if thread is None:
             raise NotFound(f"thread {thread_id!r} does not exist")
@@ -541,7 +533,7 @@ class MemoryService:
         ``continuation``.
         """
         check_tenant(tenant)
-        _check_id(resource, "resource")
+        check_id(resource, "resource")
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
         if metadata is not None and not isinstance(metadata, dict):
@@ -617,7 +609,7 @@ class MemoryService:
     def _add(self, tenant: str, thread_id: str, messages: Sequence[dict | NewMessage],
              marker_rk: str | None) -> tuple[list[Message], bool]:
         check_tenant(tenant)
-        _check_id(thread_id, "thread id")
+        check_id(thread_id, "thread id")
         if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Iterable):
             raise InvalidInput("messages must be a list")
         messages = list(messages)
@@ -690,7 +682,7 @@ class MemoryService:
 
     def _message_entity(self, tenant: str, thread_id: str, message_id: str) -> tuple[Entity, Entity]:
         thread = self._live_thread(tenant, thread_id)
-        _check_id(message_id, "message id")
+        check_id(message_id, "message id")
         seq = _seq_of_message_id(message_id)
         message = self._find(thread.partition_key, _message_rk(seq)) if seq is not None else None
         if message is None or message["message_id"] != message_id:

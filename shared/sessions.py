@@ -49,7 +49,6 @@ import hashlib
 import json
 import math
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -62,8 +61,8 @@ from pydantic import Field
 from shared import names
 from shared.backends import Entity, Page, TableOp
 from shared.command_ops import CommandOp, CommandPayload, Outcome
-from shared.errors import AlreadyExists, Conflict, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
-from shared.keys import check_tenant, escape
+from shared.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PreconditionFailed, TooLarge
+from shared.keys import check_id, check_tenant, escape
 from shared.memory import MemoryService
 from shared.stores import Stores
 
@@ -77,7 +76,6 @@ MAX_PROCESSING_SECONDS_PER_RECORD = 10 * 365 * 24 * 3600.0
 # A user-index entry without its session is a creation in progress for this long, then stale.
 STALE_INDEX_GRACE_SECONDS = 900
 _WRITE_ATTEMPTS = 40
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _REVERSE_MS = 10**13
 
 
@@ -145,13 +143,6 @@ class TaskContext:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
-
-
-def check_id(value: str, what: str) -> str:
-    """Session and user ids: 1-128 characters of letters, digits and ``. _ : -``."""
-    if not isinstance(value, str) or not _ID.match(value):
-        raise InvalidKey(f"{what} must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
-    return value
 
 
 def _dump_json(value: Any, what: str) -> str:

@@ -100,8 +100,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, V
 from shared import names
 from shared.backends import Entity, Page, TableOp
 from shared.command_ops import CommandOp, CommandPayload, Outcome
-from shared.errors import AlreadyExists, Conflict, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
-from shared.keys import check_tenant, escape
+from shared.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PreconditionFailed, TooLarge
+from shared.keys import ID_PATTERN, check_id, check_tenant, escape
 from shared.stores import Stores
 
 WORKFLOW_ROW = "w"
@@ -115,8 +115,6 @@ MAX_CONDITIONS_BYTES = 16_000  # stays inline: the workflow entity is read on ev
 MAX_EVENT_PAYLOAD_BYTES = 1024 * 1024
 MAX_WAIT_SECONDS = 366 * 24 * 3600
 MAX_SCHEDULE_SECONDS = 10 * 365 * 24 * 3600
-ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
-_ID = re.compile(ID_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _WRITE_ATTEMPTS = 16
 # A due entry whose suspension is not written yet is in flight for this long, then stale.
@@ -297,12 +295,6 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(float(timestamp), tz=UTC).isoformat()
 
 
-def _check_id(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise InvalidKey(f"{what} must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
-    return value
-
-
 def _check_text(value: str, what: str, max_length: int) -> str:
     if not isinstance(value, str) or not value or len(value) > max_length:
         raise InvalidInput(f"{what} must be a non-empty string of at most {max_length} characters")
@@ -435,7 +427,7 @@ class WorkflowService:
     def get(self, tenant: str, workflow_id: str, *, include_context: bool = False) -> Workflow:
         """The workflow (NotFound when absent); its context too with ``include_context``."""
         check_tenant(tenant)
-        _check_id(workflow_id, "workflow_id")
+        check_id(workflow_id, "workflow_id")
         pk = self._pk(tenant, workflow_id)
         entity = self._find(pk, WORKFLOW_ROW)
         if entity is None:
@@ -564,7 +556,7 @@ class WorkflowService:
                  context_state: dict[str, Any], reason: Any, resume_conditions: dict[str, Any] | None,
                  if_match: str | None, idempotency_key: str | None) -> tuple[Workflow, bool]:
         check_tenant(tenant)
-        _check_id(workflow_id, "workflow_id")
+        check_id(workflow_id, "workflow_id")
         _check_text(workflow_name, "workflow_name", MAX_TEXT_LENGTH)
         _check_text(resource, "resource", MAX_TEXT_LENGTH)
         _check_text(current_step, "current_step", MAX_STEP_LENGTH)
@@ -624,7 +616,7 @@ class WorkflowService:
         racing callers one gets the context and the others 409.
         """
         check_tenant(tenant)
-        _check_id(workflow_id, "workflow_id")
+        check_id(workflow_id, "workflow_id")
         now = time.time()
 
         def decide(current: dict[str, Any] | None, _context: Entity | None) -> _Change:
@@ -654,7 +646,7 @@ class WorkflowService:
     def _transition(self, tenant: str, workflow_id: str, status: WorkflowStatus | str, *, detail: str | None,
                     if_match: str | None, idempotency_key: str | None) -> tuple[Workflow, bool]:
         check_tenant(tenant)
-        _check_id(workflow_id, "workflow_id")
+        check_id(workflow_id, "workflow_id")
         try:
             target = WorkflowStatus(status)
         except ValueError:
@@ -706,7 +698,7 @@ class WorkflowService:
     def _approve(self, tenant: str, workflow_id: str, *, approved_by: str | None, comment: str | None,
                  if_match: str | None, idempotency_key: str | None) -> tuple[Workflow, bool]:
         check_tenant(tenant)
-        _check_id(workflow_id, "workflow_id")
+        check_id(workflow_id, "workflow_id")
         _optional_text(approved_by, "approved_by", MAX_TEXT_LENGTH)
         _optional_text(comment, "comment", MAX_DETAIL_LENGTH)
         marker = _marker_row(idempotency_key) if idempotency_key is not None else None
@@ -745,7 +737,7 @@ class WorkflowService:
         and returns the first delivery's count. Reads only the event's index.
         """
         check_tenant(tenant)
-        _check_id(event_id, "event_id")
+        check_id(event_id, "event_id")
         _dumps(payload, "event payload", MAX_EVENT_PAYLOAD_BYTES)
         summary_pk, summary_row = f"{tenant}|dl|{escape(event_id)}", None
         marker = None
