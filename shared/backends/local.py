@@ -343,17 +343,16 @@ class LocalTableStore(TableStore):
         etags: list[str | None] = [_new_etag() for _ in operations]
         rows = [(self.name, op.entity.partition_key, op.entity.row_key, _encode_properties(op.entity.properties), etag)
                 for op, etag in zip(operations, etags)]
-        conn.execute("SAVEPOINT insert_many")
         try:
             conn.executemany("INSERT INTO entities VALUES (?,?,?,?,?)", rows)
         except sqlite3.IntegrityError as exc:
-            conn.execute("ROLLBACK TO insert_many")  # so the rows inserted so far do not look taken
-            taken = next(op.entity for op in operations if conn.execute(
-                "SELECT 1 FROM entities WHERE tbl=? AND pk=? AND rk=?",
-                (self.name, op.entity.partition_key, op.entity.row_key)).fetchone())
+            # The caller's transaction rolls everything back. To name the row that was
+            # already there, skip the rows this batch inserted: they carry its new ETags.
+            taken = next(op.entity for op, etag in zip(operations, etags) if (found := conn.execute(
+                "SELECT etag FROM entities WHERE tbl=? AND pk=? AND rk=?",
+                (self.name, op.entity.partition_key, op.entity.row_key)).fetchone()) and found[0] != etag)
             raise AlreadyExists(f"entity ({taken.partition_key!r}, {taken.row_key!r}) in table "
                                 f"{self.name!r} already exists") from exc
-        conn.execute("RELEASE insert_many")
         return etags
 
     def _query(self, partition_key, start, end, limit, continuation) -> Page[Entity]:
