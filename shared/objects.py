@@ -9,8 +9,10 @@ head, its new version and its idempotency marker change in one atomic batch:
 
 Content up to 8 KiB lives in the entities; larger content is one immutable blob
 per version, written create-only before the entities that point at it. Expiring
-objects get an index entry in partition ``!expiry`` (``!`` cannot start a tenant),
-which the retention timer walks; reads treat an expired object as gone at once.
+objects get an index entry in one of the partitions ``!expiry|00`` to ``!expiry|15``
+(``!`` cannot start a tenant; a hash of tenant and key picks the shard, so TTL writes
+of all tenants do not pile onto one partition), row key ``<expiry, epoch s>|...``,
+which the retention timer reads up to now; reads treat an expired object as gone at once.
 
 One partition per tenant caps one tenant's object writes at the table's
 partition throughput (about 2,000 entities/s on Azure): fine for configuration,
@@ -43,7 +45,7 @@ from shared.stores import Stores
 INLINE_MAX_BYTES = 8 * 1024
 MAX_KEY_LENGTH = 256
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
-EXPIRY_PARTITION = "!expiry"
+EXPIRY_SHARDS = 16  # expiry entries of every tenant, spread so no one partition takes all TTL writes
 _WRITE_ATTEMPTS = 8
 _VERSION_SPAN = 10**20
 
@@ -74,6 +76,14 @@ class StoredObject:
 
     info: ObjectInfo
     data: bytes
+
+
+EXPIRY_PREFIX = "!expiry|"
+
+
+def _expiry_partition(tenant: str, key: str) -> str:
+    shard = int.from_bytes(hashlib.sha256(f"{tenant}|{key}".encode()).digest()[:4], "big") % EXPIRY_SHARDS
+    return f"{EXPIRY_PREFIX}{shard:02d}"
 
 
 def _iso(timestamp: float) -> str:
@@ -167,7 +177,8 @@ class ObjectService:
             content["blob"] = blob_key
         try:
             if expires_at:
-                self._table.upsert(Entity(EXPIRY_PARTITION, f"{int(now + ttl_seconds):012d}|{tenant}|{escape(key)}|{version_id}"))
+                self._table.upsert(Entity(_expiry_partition(tenant, key),
+                                          f"{int(now + ttl_seconds):012d}|{tenant}|{escape(key)}|{version_id}"))
             return self._commit(tenant, key, version_id, len(data), content_type, content, now, expires_at,
                                 if_match, if_none_match, marker_rk)
         except BaseException:
@@ -334,24 +345,39 @@ class ObjectService:
     # -- retention
 
     def purge_expired(self, *, now: float | None = None, limit: int = 500) -> int:
-        """Delete objects whose TTL has passed; returns how many. Idempotent and resumable."""
+        """Delete objects whose TTL has passed; returns how many. Idempotent and resumable.
+
+        Reads each expiry shard's due row keys (at most ``limit`` entries per run in
+        all), starting from a shard that rotates with time so a backlog starves none.
+        """
         now = time.time() if now is None else now
+        purged, budget = 0, limit
+        first = int(now // 60) % EXPIRY_SHARDS
+        for step in range(EXPIRY_SHARDS):
+            if budget <= 0:
+                break
+            partition = f"{EXPIRY_PREFIX}{(first + step) % EXPIRY_SHARDS:02d}"
+            due = self._table.query(partition, end=f"{int(now):012d}|~", limit=min(budget, 1000))
+            budget -= len(due.items)
+            for entry in due.items:
+                purged += self._purge_entry(partition, entry.row_key, now)
+        return purged
+
+    def _purge_entry(self, partition: str, row_key: str, now: float) -> int:
+        _, tenant, escaped_key, version_id = row_key.split("|")
+        key = unescape(escaped_key)
+        head = self._find(tenant, self._head_rk(key))
         purged = 0
-        due = self._table.query(EXPIRY_PARTITION, end=f"{int(now):012d}|~", limit=limit)
-        for entry in due.items:
-            _, tenant, escaped_key, version_id = entry.row_key.split("|")
-            key = unescape(escaped_key)
-            head = self._find(tenant, self._head_rk(key))
-            if head is not None and head["version"] == version_id and self._expired(head, now):
-                try:
-                    self.delete(tenant, key, if_match=version_id)
-                    purged += 1
-                except (NotFound, PreconditionFailed):
-                    pass  # rewritten or deleted meanwhile: the new version has its own entry
+        if head is not None and head["version"] == version_id and self._expired(head, now):
             try:
-                self._table.delete(EXPIRY_PARTITION, entry.row_key)
-            except NotFound:
-                pass  # another timer instance got here first
+                self.delete(tenant, key, if_match=version_id)
+                purged = 1
+            except (NotFound, PreconditionFailed):
+                pass  # rewritten or deleted meanwhile: the new version has its own entry
+        try:
+            self._table.delete(partition, row_key)
+        except NotFound:
+            pass  # another timer instance got here first
         return purged
 
     def iter_keys(self, tenant: str, prefix: str = "") -> Iterator[str]:

@@ -195,3 +195,24 @@ def test_storage_manager_facade(stores, tenant):
     assert [v.is_current for v in storage.objects.versions("notes/today")] == [True, False]
     storage.objects.delete("notes/today")
     assert not storage.objects.exists("notes/today")
+
+
+def test_expiry_is_spread_over_shards_and_purged_in_bounded_runs(objects, stores, tenant):
+    import time
+
+    from shared.objects import EXPIRY_PREFIX, EXPIRY_SHARDS
+
+    for i in range(40):
+        objects.put(tenant, f"temp/{i}", b"x", ttl_seconds=30)
+    objects.put(tenant, "keep", b"y")
+    raw = stores.backend.table(names.TABLE_OBJECTS)
+    used = [shard for shard in range(EXPIRY_SHARDS)
+            if any(tenant in e.row_key for e in raw.query_all(f"{EXPIRY_PREFIX}{shard:02d}"))]
+    assert len(used) > 4, "40 keys should land in many of the 16 shards"
+    later = time.time() + 60
+    for _ in range(20):
+        objects.purge_expired(now=later, limit=10)
+        if not objects.list(tenant, "temp/").items:
+            break
+    assert objects.list(tenant, "temp/").items == []
+    assert [i.key for i in objects.list(tenant).items] == ["keep"]
