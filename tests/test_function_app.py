@@ -103,3 +103,19 @@ def test_user_functions_can_be_called_like_the_host_calls_them(tmp_path, monkeyp
     for timer in TIMERS:
         by_name[timer](TimerRequest(past_due=False))
     context.close()
+
+
+def test_the_sample_settings_list_every_app_setting_with_a_working_local_value(tmp_path):
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    missing = [name for name in names.APP_SETTINGS if name not in sample]
+    assert not missing, f"local.settings.sample.json lacks {missing}"
+    copy = tmp_path / "local.settings.json"
+    copy.write_text(json.dumps({"Values": {**sample, "STOWAGE_DATA_DIR": str(tmp_path / "data")}}))
+    settings = Settings.from_env({}, settings_file=copy)
+    assert settings.backend == "local"
+    from shared.stores import Stores
+
+    stores = Stores.from_settings(settings)
+    stores.ensure()
+    stores.backend.ping()
+    stores.close()
