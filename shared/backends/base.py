@@ -205,6 +205,26 @@ def _valid_property_name(name: str) -> bool:
     return bool(_PROPERTY_NAME.match(name)) and name.lower() not in _RESERVED_PROPERTIES
 
 
+def _checked_value_size(name: str, value: Any) -> int:
+    """Check one property value; returns the bytes it takes (:func:`property_size`)."""
+    if isinstance(value, bool) or value is None or isinstance(value, bytes):
+        pass
+    elif isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidInput(f"property {name!r} is outside the 64-bit integer range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput(f"property {name!r} must be a finite number")
+    elif isinstance(value, str):
+        if not value.isascii():
+            _utf8(value, f"property {name!r}")
+    else:
+        raise InvalidInput(
+            f"property {name!r} has type {type(value).__name__}; use str, int, float, bool, bytes or None"
+        )
+    return property_size(value)
+
+
 def validate_properties(properties: dict[str, Any]) -> dict[str, PropertyValue]:
     if not isinstance(properties, dict):
         raise InvalidInput("entity properties must be a dict")
@@ -214,22 +234,16 @@ def validate_properties(properties: dict[str, Any]) -> dict[str, PropertyValue]:
     for name, value in properties.items():
         if not isinstance(name, str) or not _valid_property_name(name):
             raise InvalidInput(f"property name {name!r} must be an identifier and not a reserved name")
-        if isinstance(value, bool) or value is None or isinstance(value, bytes):
-            pass
-        elif isinstance(value, int):
-            if not INT64_MIN <= value <= INT64_MAX:
-                raise InvalidInput(f"property {name!r} is outside the 64-bit integer range")
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise InvalidInput(f"property {name!r} must be a finite number")
-        elif isinstance(value, str):
-            if not value.isascii():
-                _utf8(value, f"property {name!r}")
+        # The common exact types first: the same checks and sizes as _checked_value_size, inline.
+        kind = type(value)
+        if kind is bytes:
+            size = len(value)
+        elif kind is str and value.isascii():
+            size = 2 * len(value)
+        elif (kind is float and math.isfinite(value)) or (kind is int and INT64_MIN <= value <= INT64_MAX):
+            size = 8
         else:
-            raise InvalidInput(
-                f"property {name!r} has type {type(value).__name__}; use str, int, float, bool, bytes or None"
-            )
-        size = property_size(value)
+            size = _checked_value_size(name, value)
         if size > MAX_PROPERTY_BYTES:
             raise TooLarge(f"property {name!r} is over {MAX_PROPERTY_BYTES} bytes; offload it to a blob")
         total += len(name) * 2 + size

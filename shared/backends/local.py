@@ -181,13 +181,17 @@ class _Database:
 # --------------------------------------------------------------------------- properties
 
 
+# One encoder for every write (json.dumps with options builds a new one per call); same output.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _encode_properties(properties: dict[str, PropertyValue]) -> str:
     """JSON keeps str, int, float (1.0 stays 1.0) and bool apart; bytes get a tag object."""
     encoded = {
         name: {"b64": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
         for name, value in properties.items()
     }
-    return json.dumps(encoded, ensure_ascii=False, separators=(",", ":"))
+    return _JSON.encode(encoded)
 
 
 def _decode_properties(text: str) -> dict[str, PropertyValue]:
