@@ -28,7 +28,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness import rate, settings_for  # noqa: E402
+from harness import backend_list, rate, settings_for  # noqa: E402
 from shared.backends import Backend, Entity, TableOp, create_backend  # noqa: E402
 from shared.config import Settings  # noqa: E402
 
@@ -106,7 +106,7 @@ def main() -> int:
     parser.add_argument("--backends", default="local,azure,aws")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply operation counts")
     args = parser.parse_args()
-    kinds = [k.strip() for k in args.backends.split(",") if k.strip()]
+    kinds = backend_list(args.backends)
     counts = {"local": int(2000 * args.scale), "azure": int(300 * args.scale), "aws": int(300 * args.scale)}
     results: dict[str, dict[str, float]] = {}
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -15,6 +17,8 @@ if str(ROOT) not in sys.path:
 
 from shared.config import Settings  # noqa: E402
 from tests.emulators import start_azurite, start_moto  # noqa: E402
+
+T = TypeVar("T")
 
 
 def rate(count: int, action: Callable[[int], object]) -> float:
@@ -40,3 +44,20 @@ def settings_for(kind: str, workdir: Path, stack: ExitStack) -> Settings:
 
 def backend_list(text: str) -> list[str]:
     return [kind.strip() for kind in text.split(",") if kind.strip()]
+
+
+def measure_on_backends(kinds: list[str], measure: Callable[[str, Any], T], announce: Callable[[str], None]) -> dict[str, T]:
+    """``measure(kind, stores)`` on each backend in turn, every app resource created first."""
+    from shared.stores import Stores
+
+    results: dict[str, T] = {}
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            stores = Stores.from_settings(settings_for(kind, Path(tmp), stack))
+            try:
+                stores.ensure()
+                announce(kind)
+                results[kind] = measure(kind, stores)
+            finally:
+                stores.close()
+    return results

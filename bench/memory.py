@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -33,7 +31,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness import settings_for  # noqa: E402
+from harness import backend_list, measure_on_backends  # noqa: E402
 from shared.backends import Entity, TableOp
 from shared.memory import MAX_MESSAGES_PER_CALL, MemoryService
 from shared.stores import Stores
@@ -123,16 +121,9 @@ def main() -> int:
     parser.add_argument("--backends", default="local,azure")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply operation counts and thread sizes")
     args = parser.parse_args()
-    kinds = [k.strip() for k in args.backends.split(",") if k.strip()]
-    results: dict[str, dict[str, tuple[float, float, str]]] = {}
-    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
-        for kind in kinds:
-            settings = settings_for(kind, Path(tmp), stack)
-            console.print(f"measuring {kind} ...")
-            stores = Stores.from_settings(settings)
-            stores.ensure()
-            results[kind] = measure(stores, kind, args.scale)
-            stores.close()
+    results = measure_on_backends(backend_list(args.backends),
+                                  lambda kind, stores: measure(stores, kind, args.scale),
+                                  lambda kind: console.print(f"measuring {kind} ..."))
 
     for kind, figures in results.items():
         table = Table("figure", "value", "baseline", "ratio", "baseline is", title=f"Memory on {kind}")

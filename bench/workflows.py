@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -27,7 +25,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness import rate, settings_for  # noqa: E402
+from harness import backend_list, measure_on_backends, rate  # noqa: E402
 from shared.backends import Entity
 from shared.stores import Stores
 from shared.workflows import WorkflowService
@@ -95,17 +93,11 @@ def main() -> int:
     parser.add_argument("--backends", default="local,azure")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply operation counts")
     args = parser.parse_args()
-    kinds = [k.strip() for k in args.backends.split(",") if k.strip()]
+    kinds = backend_list(args.backends)
     counts = {"local": int(300 * args.scale), "azure": int(100 * args.scale)}
-    results: dict[str, dict[str, float]] = {}
-    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
-        for kind in kinds:
-            settings = settings_for(kind, Path(tmp), stack)
-            stores = Stores.from_settings(settings)
-            stores.ensure()
-            console.print(f"measuring {kind} ({counts[kind]} round trips per figure) ...")
-            results[kind] = measure(stores, counts[kind])
-            stores.close()
+    results = measure_on_backends(
+        kinds, lambda kind, stores: measure(stores, counts[kind]),
+        lambda kind: console.print(f"measuring {kind} ({counts[kind]} round trips per figure) ..."))
 
     table = Table("operation", *[f"{k} /s" for k in kinds], *[f"{k} ratio" for k in kinds],
                   title="Suspended workflows (ratio: against the baseline round trip, same backend)")
