@@ -1,23 +1,34 @@
-"""The FastAPI app the function app serves: health, docs, and every /api/v1 router."""
+"""The FastAPI app the function app serves: health, docs, and every /api/v1 router, behind the edge."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+import logging
+
+from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from functions import http_checkpoints, http_memory, http_objects, http_sessions, http_workflows, problems
+from functions.auth import principal_of
 from functions.context import AppContext
+from functions.edge import Edge
 from shared.errors import StowageError
+
+log = logging.getLogger(__name__)
 
 
 class Health(BaseModel):
     """Whether the service and its backend answer."""
 
-    status: str
-    backend: str
-    detail: str | None = None
+    status: str = Field(description="'ok' or 'unavailable'.")
+    backend: str = Field(description="The configured backend: local, azure or aws.")
+
+
+class HealthDetail(Health):
+    """Whether the service and its backend answer, with the backend's error when it does not."""
+
+    detail: str | None = Field(default=None, description="What the backend answered when unavailable.")
 
 
 def create_api(context: AppContext) -> FastAPI:
@@ -33,18 +44,33 @@ def create_api(context: AppContext) -> FastAPI:
     )
     app.state.context = context
     problems.install(app)
+    app.add_middleware(Edge, context=context)
 
-    @app.get("/api/health", response_model=Health, tags=["operations"],
-             responses={503: {"model": Health, "description": "Backend unavailable"}})
-    async def health(request: Request) -> JSONResponse:
-        """Anonymous: which backend is configured and whether it answers."""
+    async def check_backend() -> HealthDetail:
         kind = context.settings.backend
         try:
             await run_in_threadpool(lambda: context.stores.backend.ping())
         except StowageError as exc:
-            return JSONResponse(Health(status="unavailable", backend=kind, detail=str(exc)).model_dump(),
-                                status_code=503)
-        return JSONResponse(Health(status="ok", backend=kind).model_dump())
+            log.warning("health: the %s backend is unavailable: %s", kind, exc)
+            return HealthDetail(status="unavailable", backend=kind, detail=str(exc))
+        return HealthDetail(status="ok", backend=kind)
+
+    @app.get("/api/health", response_model=Health, tags=["operations"],
+             responses={503: {"model": Health, "description": "Backend unavailable"}})
+    async def health() -> JSONResponse:
+        """Anonymous: which backend is configured and whether it answers (no details: see /api/v1/health)."""
+        checked = await check_backend()
+        return JSONResponse(Health(status=checked.status, backend=checked.backend).model_dump(),
+                            status_code=200 if checked.status == "ok" else 503)
+
+    @app.get("/api/v1/health", response_model=HealthDetail, tags=["operations"],
+             dependencies=[Depends(principal_of)],
+             responses={503: {"model": HealthDetail, "description": "Backend unavailable"}},
+             summary="Health with the backend's error, for any valid API key")
+    async def health_detail() -> JSONResponse:
+        """Which backend is configured and whether it answers, with what it answered when it does not."""
+        checked = await check_backend()
+        return JSONResponse(checked.model_dump(), status_code=200 if checked.status == "ok" else 503)
 
     for router in (http_objects.router, http_memory.router, http_sessions.router, http_workflows.router,
                    http_checkpoints.router):

@@ -9,23 +9,63 @@ tenant's threads answer 404; writes (PUT) always land in the caller's tenant.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, StrictInt, ValidationError
 
 from functions.auth import tenant_of
-from functions.http_common import json_object_param, read_body
+from functions.http_common import ClientJsonRoute, json_object_param, read_body
 from functions.problems import responses
-from shared.checkpoints import CheckpointRef, PruneStrategy, StoredCheckpoint, TypedValue
+from shared.checkpoints import (
+    MAX_ID_LENGTH,
+    MAX_TASK_PATH_LENGTH,
+    MAX_TEXT_LENGTH,
+    MAX_TYPE_LENGTH,
+    MAX_WRITES,
+    CheckpointRef,
+    PruneStrategy,
+    StoredCheckpoint,
+    TypedValue,
+)
 from shared.errors import InvalidInput
+from shared.keys import ID_PATTERN
 
-router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"])
+router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
-Namespace = Annotated[str, Query(max_length=256, description="Checkpoint namespace; '' is the root graph.")]
+ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
+#: The service's rules, declared so that the document says them and the server refuses the same values:
+#: ids as shared.keys.check_id, texts (channels, versions, namespaces, task ids, run ids) without control characters.
+ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": MAX_ID_LENGTH}
+TEXT = {"pattern": r"^[^\x00-\x1f\x7f-\x9f]*$", "min_length": 1, "max_length": MAX_TEXT_LENGTH}
+ThreadId = Annotated[str, Path(**ID, description=f"The thread's id: {ID_RULE}.")]
+CheckpointId = Annotated[str, Path(**ID, description=f"The checkpoint's id: {ID_RULE}.")]
+TaskId = Annotated[str, Path(**TEXT, description="The task's id: 1-256 characters, no control characters.")]
+Namespace = Annotated[str, Query(**(TEXT | {"min_length": 0}),
+                                 description="Checkpoint namespace; '' is the root graph.")]
+Text = Annotated[str, Field(**TEXT)]
+
+
+def _integral(value: Any) -> Any:
+    """3.0 as 3: JSON Schema's integer includes it; booleans and strings stay refused (StrictInt)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
+
+
+def _text_keys(schema: dict[str, Any]) -> None:
+    """A dict keyed by Text, as JSON Schema says it: pydantic puts the key pattern in patternProperties
+    (which leaves other keys free), so move it to propertyNames and the value schema to additionalProperties."""
+    patterns = schema.pop("patternProperties", {})
+    if patterns:
+        (schema["additionalProperties"],) = patterns.values()
+    schema["propertyNames"] = {"pattern": TEXT["pattern"], "minLength": TEXT["min_length"],
+                               "maxLength": TEXT["max_length"]}
+#: Standard base64 with padding, as base64.b64decode(validate=True) takes it.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
 # --------------------------------------------------------------------------- models
@@ -34,31 +74,34 @@ Namespace = Annotated[str, Query(max_length=256, description="Checkpoint namespa
 class Value(BaseModel):
     """A serialised value: the serializer's type tag and the bytes, base64-encoded."""
 
-    type: str = Field(min_length=1, max_length=64, description="Serializer type tag, e.g. 'msgpack' or 'json'.")
-    data: str = Field(description="The serialised bytes, standard base64 with padding.")
+    type: str = Field(pattern=f"^[!-~]{{1,{MAX_TYPE_LENGTH}}}$",
+                      description="Serializer type tag, e.g. 'msgpack' or 'json': printable ASCII, no spaces.")
+    data: str = Field(pattern=BASE64_PATTERN, description="The serialised bytes, standard base64 with padding.")
 
     @classmethod
     def of(cls, value: TypedValue) -> Value:
-        return cls(type=value.type, data=base64.b64encode(value.data).decode("ascii"))
+        """A stored value as sent back (valid by construction: not checked again)."""
+        return cls.model_construct(type=value.type, data=base64.b64encode(value.data).decode("ascii"))
 
     def typed(self, what: str) -> TypedValue:
         try:
             return TypedValue(self.type, base64.b64decode(self.data, validate=True))
-        except binascii.Error:
-            raise InvalidInput(f"{what}: data is not valid base64") from None
+        except ValueError:  # binascii.Error, or a non-ASCII character, which b64decode refuses as a plain ValueError
+            raise InvalidInput(f"{what}: data is not valid base64 (standard alphabet, with padding)") from None
 
 
 class CheckpointPut(BaseModel):
     """A checkpoint to store, with the channel values it introduces."""
 
-    parent_checkpoint_id: str | None = Field(default=None, description="The checkpoint this one follows.")
+    parent_checkpoint_id: str | None = Field(default=None, **ID, description="The checkpoint this one follows.")
     checkpoint: Value = Field(description="The checkpoint as serialised by the client, without channel values.")
     metadata: dict[str, Any] = Field(default_factory=dict,
                                      description="JSON metadata: source, step, run_id, parents and user keys.")
-    channel_versions: dict[str, str] = Field(
-        default_factory=dict, description="Version of every channel that holds a value at this checkpoint.")
-    new_values: dict[str, Value] = Field(
-        default_factory=dict,
+    channel_versions: dict[Text, Text] = Field(
+        default_factory=dict, json_schema_extra=_text_keys,
+        description="Version of every channel that holds a value at this checkpoint.")
+    new_values: dict[Text, Value] = Field(
+        default_factory=dict, json_schema_extra=_text_keys,
         description="Values this checkpoint writes, by channel (stored once per channel version; the others "
                     "come from earlier checkpoints).")
 
@@ -125,18 +168,19 @@ class CheckpointPage(BaseModel):
 class WriteIn(BaseModel):
     """One pending write."""
 
-    idx: int = Field(ge=-(2**31), le=2**31,
-                     description="Position in the task's writes; negative for special channels (replaced, "
-                                 "not kept, when written again).")
-    channel: str = Field(min_length=1, max_length=256)
+    idx: JsonInt = Field(ge=-(2**31), le=2**31,
+                         description="Position in the task's writes (an integer; true/false are refused); "
+                                       "negative for special channels (replaced, not kept, when written again).")
+    channel: Text
     value: Value
 
 
 class WritesPut(BaseModel):
     """A task's pending writes for a checkpoint."""
 
-    task_path: str = Field(default="", max_length=1024, description="Path of the task in the graph.")
-    writes: list[WriteIn] = Field(max_length=1000)
+    task_path: str = Field(default="", max_length=MAX_TASK_PATH_LENGTH, pattern=TEXT["pattern"],
+                           description="Path of the task in the graph.")
+    writes: list[WriteIn] = Field(max_length=MAX_WRITES)
 
 
 class WritesStored(BaseModel):
@@ -163,7 +207,7 @@ class ThreadPage(BaseModel):
 class CopyRequest(BaseModel):
     """Where to copy a thread."""
 
-    target_thread_id: str = Field(min_length=1, max_length=128, description="Rows it already has are kept.")
+    target_thread_id: str = Field(**ID, description=f"{ID_RULE}; rows it already has are kept.")
 
 
 class CopyResult(BaseModel):
@@ -189,7 +233,7 @@ class DeletedCount(BaseModel):
 class RunsDelete(BaseModel):
     """Runs whose checkpoints to delete."""
 
-    run_ids: list[str] = Field(min_length=1, max_length=100, description="Run ids (metadata 'run_id').")
+    run_ids: list[Text] = Field(min_length=1, max_length=100, description="Run ids (metadata 'run_id').")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -253,8 +297,8 @@ def list_threads(
     openapi_extra=_body_schema(CheckpointPut),
 )
 async def put_checkpoint(
-    thread_id: str,
-    checkpoint_id: str,
+    thread_id: ThreadId,
+    checkpoint_id: CheckpointId,
     request: Request,
     response: Response,
     tenant: Tenant,
@@ -280,9 +324,9 @@ async def put_checkpoint(
     openapi_extra=_body_schema(WritesPut),
 )
 async def put_writes(
-    thread_id: str,
-    checkpoint_id: str,
-    task_id: str,
+    thread_id: ThreadId,
+    checkpoint_id: CheckpointId,
+    task_id: TaskId,
     request: Request,
     tenant: Tenant,
     checkpoint_ns: Namespace = "",
@@ -298,30 +342,33 @@ async def put_writes(
 
 @router.get("/threads/{thread_id}/latest", response_model=Checkpoint, responses=responses(400, 401, 404, 422),
             summary="The newest checkpoint of a namespace, with values and pending writes")
-def get_latest(request: Request, thread_id: str, tenant: Tenant, checkpoint_ns: Namespace = "") -> Checkpoint:
+def get_latest(request: Request, thread_id: ThreadId, tenant: Tenant, checkpoint_ns: Namespace = "") -> Checkpoint:
     return Checkpoint.of(request.app.state.context.checkpoints.get(tenant, thread_id, checkpoint_ns))
 
 
 @router.get("/threads/{thread_id}/checkpoints/{checkpoint_id}", response_model=Checkpoint,
             responses=responses(400, 401, 404, 422), summary="One checkpoint, with values and pending writes")
-def get_checkpoint(request: Request, thread_id: str, checkpoint_id: str, tenant: Tenant,
+def get_checkpoint(request: Request, thread_id: ThreadId, checkpoint_id: CheckpointId, tenant: Tenant,
                    checkpoint_ns: Namespace = "") -> Checkpoint:
     return Checkpoint.of(request.app.state.context.checkpoints.get(tenant, thread_id, checkpoint_ns, checkpoint_id))
 
 
 @router.get("/threads/{thread_id}/checkpoints", response_model=CheckpointPage,
-            responses=responses(400, 401, 404, 422), summary="A thread's checkpoints, newest first")
+            responses=responses(400, 401, 404, 422), summary="A thread's checkpoints, newest first",
+            openapi_extra={"parameters": [{  # a JSON object in the query string, which Query() cannot declare
+                "name": "filter", "in": "query", "required": False,
+                "description": 'Metadata values to match, a JSON object of up to 4096 characters, '
+                               'e.g. {"source": "loop"}.',
+                "content": {"application/json": {"schema": {"type": "object"}}}}]})
 def list_checkpoints(
     request: Request,
-    thread_id: str,
+    thread_id: ThreadId,
     tenant: Tenant,
-    checkpoint_ns: Annotated[str | None, Query(max_length=256,
+    checkpoint_ns: Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, pattern=TEXT["pattern"],
                                                description="Only this namespace ('' is the root); "
                                                            "omit it for every namespace.")] = None,
-    before: Annotated[str | None, Query(max_length=128, description="Only checkpoints older than this id.")] = None,
-    filter: Annotated[str | None, Query(max_length=4096,
-                                        description="JSON object of metadata values to match, "
-                                                    "e.g. {\"source\": \"loop\"}.")] = None,
+    before: Annotated[str | None, Query(**ID, description="Only checkpoints older than this id.")] = None,
+    filter: Annotated[str | None, Query(max_length=4096, include_in_schema=False)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     continuation: str | None = None,
 ) -> CheckpointPage:
@@ -333,21 +380,21 @@ def list_checkpoints(
 
 @router.delete("/threads/{thread_id}", status_code=204, responses=responses(400, 401, 404),
                summary="Delete a thread's checkpoints, values and pending writes")
-def delete_thread(request: Request, thread_id: str, tenant: Tenant) -> Response:
+def delete_thread(request: Request, thread_id: ThreadId, tenant: Tenant) -> Response:
     request.app.state.context.checkpoints.delete_thread(tenant, thread_id)
     return Response(status_code=204)
 
 
 @router.post("/threads/{thread_id}/copy", response_model=CopyResult, status_code=201,
              responses=responses(400, 401, 404, 422), summary="Copy a thread to another thread")
-def copy_thread(request: Request, thread_id: str, body: CopyRequest, tenant: Tenant) -> CopyResult:
+def copy_thread(request: Request, thread_id: ThreadId, body: CopyRequest, tenant: Tenant) -> CopyResult:
     copied = request.app.state.context.checkpoints.copy_thread(tenant, thread_id, body.target_thread_id)
     return CopyResult(copied=copied)
 
 
 @router.post("/threads/{thread_id}/prune", response_model=DeletedCount, responses=responses(400, 401, 404, 422),
              summary="Keep only the latest checkpoint of each namespace, or delete the thread")
-def prune_thread(request: Request, thread_id: str, body: PruneRequest, tenant: Tenant) -> DeletedCount:
+def prune_thread(request: Request, thread_id: ThreadId, body: PruneRequest, tenant: Tenant) -> DeletedCount:
     deleted = request.app.state.context.checkpoints.prune(tenant, [thread_id], body.strategy)
     return DeletedCount(deleted=deleted)
 

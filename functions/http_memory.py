@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
 from functions.auth import tenant_of
-from functions.http_common import json_object_param, quoted, unquote
+from functions.http_common import ClientJsonRoute, json_object_param, quoted, unquote
 from functions.problems import responses
+from shared.keys import ID_PATTERN
 from shared.memory import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread
 
-router = APIRouter(prefix="/api/v1", tags=["memory"])
+router = APIRouter(prefix="/api/v1", tags=["memory"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="Apply only if the ETag is still this one.")]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                               description="A retry with the same key is applied once.")]
 Content = str | list[Any] | dict[str, Any]
+ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
+#: shared.keys.check_id's rule, declared so that the document says it and the server refuses the same ids.
+ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": 128}
+ThreadId = Annotated[str, Path(**ID, description=f"The thread's id: {ID_RULE}.")]
+MessageId = Annotated[str, Path(**ID, description="The message's id, e.g. 'msg_000000000042_1a2b3c4d'.")]
+#: A history bound: a seq from 0 to 10**12 (digits), or a message id (its seq).
+CURSOR_PATTERN = r"^(?:0*(?:[0-9]{1,12}|1000000000000)|msg_[0-9]{12}_[0-9a-f]{8})$"
+_METADATA_FILTER = "metadata"
 
 
 # --------------------------------------------------------------------------- models
@@ -54,8 +63,9 @@ class CreateThreadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    resource: str = Field(description="Owner inside the tenant: 1-128 letters, digits, '.', '_', ':' or '-'.")
-    thread_id: str | None = Field(default=None, description="The id to use; generated when absent (409 if taken).")
+    resource: str = Field(**ID, description=f"Owner inside the tenant: {ID_RULE}.")
+    thread_id: str | None = Field(default=None, **ID,
+                                  description="The id to use (same rule); generated when absent (409 if taken).")
     title: str | None = Field(default=None, max_length=512, description="A title.")
     metadata: dict[str, Any] | None = Field(default=None, description="Free JSON metadata, up to 8 KiB.")
 
@@ -118,7 +128,9 @@ class UpdateMessageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    content: Content | None = Field(default=None, description="New content: text or JSON parts.")
+    # Absent keeps the content; null is refused (400) by the service, so the document does not offer it.
+    content: Annotated[Content | None, WithJsonSchema(TypeAdapter(Content).json_schema())] = Field(
+        default=None, description="New content: text or JSON parts.")
     metadata: dict[str, Any] | None = Field(default=None, description="New metadata (replaces the old); null clears.")
 
 
@@ -145,15 +157,18 @@ def create_thread(request: Request, response: Response, tenant: Tenant, body: Cr
 
 
 @router.get("/threads", response_model=ThreadPage, responses=responses(400, 401, 422),
-            summary="List a resource's threads, newest first")
+            summary="List a resource's threads, newest first",
+            openapi_extra={"parameters": [{  # a JSON object in the query string, which Query() cannot declare
+                "name": _METADATA_FILTER, "in": "query", "required": False,
+                "description": 'Only threads whose metadata has these keys with equal values: a JSON object, e.g. '
+                               '{"project":"apollo"}. Filtering looks at up to 1000 threads per call, so a page '
+                               'may be short (even empty) and still have a continuation.',
+                "content": {"application/json": {"schema": {"type": "object"}}}}]})
 def list_threads(
     request: Request,
     tenant: Tenant,
-    resource: Annotated[str, Query(description="Whose threads, e.g. 'user_123'.")],
-    metadata: Annotated[str | None, Query(
-        description='Only threads whose metadata has these keys with equal values: a JSON object, e.g. '
-                    '{"project":"apollo"}. Filtering looks at up to 1000 threads per call, so a page may be '
-                    'short (even empty) and still have a continuation.')] = None,
+    resource: Annotated[str, Query(**ID, description=f"Whose threads, e.g. 'user_123': {ID_RULE}.")],
+    metadata: Annotated[str | None, Query(alias=_METADATA_FILTER, include_in_schema=False)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     continuation: str | None = None,
 ) -> ThreadPage:
@@ -164,7 +179,7 @@ def list_threads(
 
 @router.get("/threads/{thread_id}", response_model=ThreadOut, responses=responses(400, 401, 404),
             summary="Read a thread")
-def get_thread(thread_id: str, request: Request, response: Response, tenant: Tenant) -> ThreadOut:
+def get_thread(thread_id: ThreadId, request: Request, response: Response, tenant: Tenant) -> ThreadOut:
     thread = request.app.state.context.memory.get_thread(tenant, thread_id)
     response.headers["ETag"] = quoted(thread.etag)
     return ThreadOut.of(thread)
@@ -172,7 +187,7 @@ def get_thread(thread_id: str, request: Request, response: Response, tenant: Ten
 
 @router.patch("/threads/{thread_id}", response_model=ThreadOut, responses=responses(400, 401, 404, 409, 412, 413, 422),
               summary="Change a thread's title and/or metadata")
-def update_thread(thread_id: str, request: Request, response: Response, tenant: Tenant, body: UpdateThreadRequest,
+def update_thread(thread_id: ThreadId, request: Request, response: Response, tenant: Tenant, body: UpdateThreadRequest,
                   if_match: IfMatch = None) -> ThreadOut:
     thread = request.app.state.context.memory.update_thread(
         tenant, thread_id, title=_given(body, "title"), metadata=_given(body, "metadata"),
@@ -183,7 +198,7 @@ def update_thread(thread_id: str, request: Request, response: Response, tenant: 
 
 @router.delete("/threads/{thread_id}", status_code=204, responses=responses(400, 401, 404, 409),
                summary="Delete a thread and all its messages")
-def delete_thread(thread_id: str, request: Request, tenant: Tenant) -> Response:
+def delete_thread(thread_id: ThreadId, request: Request, tenant: Tenant) -> Response:
     request.app.state.context.memory.delete_thread(tenant, thread_id)
     return Response(status_code=204)
 
@@ -195,7 +210,7 @@ def delete_thread(thread_id: str, request: Request, tenant: Tenant) -> Response:
              responses=responses(400, 401, 404, 409, 413, 422),
              summary="Append one message, or several atomically")
 def add_messages(
-    thread_id: str,
+    thread_id: ThreadId,
     request: Request,
     tenant: Tenant,
     body: Annotated[AddMessagesRequest | MessageInput, Body(
@@ -211,14 +226,16 @@ def add_messages(
 @router.get("/threads/{thread_id}/messages", response_model=MessagePage, responses=responses(400, 401, 404, 422),
             summary="Read a thread's history")
 def history(
-    thread_id: str,
+    thread_id: ThreadId,
     request: Request,
     tenant: Tenant,
     last: Annotated[int | None, Query(ge=1, le=1000, description=(
         "The newest N messages of the window, in `order` (chronological by default); "
         "the continuation gives the N before them."))] = None,
-    before: Annotated[str | None, Query(description="Only messages before this seq or message id (exclusive).")] = None,
-    after: Annotated[str | None, Query(description="Only messages after this seq or message id (exclusive).")] = None,
+    before: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description=(
+        "Only messages before this seq (0 to 10**12) or message id (exclusive)."))] = None,
+    after: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description=(
+        "Only messages after this seq (0 to 10**12) or message id (exclusive)."))] = None,
     order: Annotated[Order, Query(description=(
         "Without `last`: 'asc' pages from the oldest message forward, 'desc' from the newest backward."))] = Order.asc,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size without `last`.")] = 50,
@@ -232,7 +249,7 @@ def history(
 
 @router.get("/threads/{thread_id}/messages/{message_id}", response_model=MessageOut,
             responses=responses(400, 401, 404), summary="Read one message")
-def get_message(thread_id: str, message_id: str, request: Request, response: Response, tenant: Tenant) -> MessageOut:
+def get_message(thread_id: ThreadId, message_id: MessageId, request: Request, response: Response, tenant: Tenant) -> MessageOut:
     message = request.app.state.context.memory.get_message(tenant, thread_id, message_id)
     response.headers["ETag"] = quoted(message.etag)
     return MessageOut.of(message)
@@ -240,7 +257,7 @@ def get_message(thread_id: str, message_id: str, request: Request, response: Res
 
 @router.patch("/threads/{thread_id}/messages/{message_id}", response_model=MessageOut,
               responses=responses(400, 401, 404, 409, 412, 413, 422), summary="Edit a message's content and/or metadata")
-def update_message(thread_id: str, message_id: str, request: Request, response: Response, tenant: Tenant,
+def update_message(thread_id: ThreadId, message_id: MessageId, request: Request, response: Response, tenant: Tenant,
                    body: UpdateMessageRequest, if_match: IfMatch = None) -> MessageOut:
     message = request.app.state.context.memory.update_message(
         tenant, thread_id, message_id, content=_given(body, "content"), metadata=_given(body, "metadata"),
@@ -251,7 +268,7 @@ def update_message(thread_id: str, message_id: str, request: Request, response: 
 
 @router.delete("/threads/{thread_id}/messages/{message_id}", status_code=204,
                responses=responses(400, 401, 404, 409, 412), summary="Delete one message")
-def delete_message(thread_id: str, message_id: str, request: Request, tenant: Tenant,
+def delete_message(thread_id: ThreadId, message_id: MessageId, request: Request, tenant: Tenant,
                    if_match: IfMatch = None) -> Response:
     request.app.state.context.memory.delete_message(tenant, thread_id, message_id, if_match=unquote(if_match))
     return Response(status_code=204)

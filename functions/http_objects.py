@@ -4,20 +4,56 @@ from __future__ import annotations
 
 from datetime import datetime
 from email.utils import format_datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 
 from functions.auth import tenant_of
 from functions.http_common import quoted, read_body, unquote
 from functions.problems import responses
 from shared.errors import InvalidInput
-from shared.objects import ObjectInfo
+from shared.objects import MAX_KEY_LENGTH, MAX_TTL_SECONDS, ObjectInfo
 
+
+class _KeyConvertor(Convertor[str]):
+    """The rest of the path, line breaks included. Starlette's ``path`` convertor (``.*``) stops at one:
+    a key with a line break inside matched no route (404), and one ending in a line break lost it (the
+    key "a" and a line break was written as "a"). Now the key pattern refuses both (400)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("objectkey", _KeyConvertor())
 router = APIRouter(prefix="/api/v1/objects", tags=["objects"])
 Tenant = Annotated[str, Depends(tenant_of)]
+
+# check_path_key as a pattern: '/'-separated segments, none empty or ending in '.' (so no '.' or '..'),
+# no control characters or backslashes.
+_SEGMENT = r"[^/\\\x00-\x1f\x7f-\x9f]*[^/\\.\x00-\x1f\x7f-\x9f]"
+KEY_PATTERN = rf"^(?:{_SEGMENT}/)*{_SEGMENT}$"
+Key = Annotated[str, Path(min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN,
+                          description=f"A path such as 'agent_configs/ceo': up to {MAX_KEY_LENGTH} characters, "
+                                      "no empty, '.' or '..' segments, no segment ending in '.', no control "
+                                      "characters or backslashes.")]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
+                                              description="A retry with the same key returns the first result.")]
+
+
+def _version_headers(required: bool) -> dict[str, Any]:
+    """OpenAPI for the headers that describe the version answered."""
+    text = {"type": "string"}
+    return {"ETag": {"description": "The version id, quoted.", "required": required, "schema": text},
+            "X-Stowage-Version-Id": {"description": "The version id.", "required": required, "schema": text},
+            "Last-Modified": {"description": "When the version was written.", "required": required, "schema": text}}
 
 
 class ObjectPage(BaseModel):
@@ -40,7 +76,8 @@ def _headers(info: ObjectInfo) -> dict[str, str]:
 def list_objects(
     request: Request,
     tenant: Tenant,
-    prefix: Annotated[str, Query(max_length=256)] = "",
+    prefix: Annotated[str, Query(max_length=MAX_KEY_LENGTH, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$",
+                                 description="Only keys starting with this (no control characters).")] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     continuation: str | None = None,
 ) -> ObjectPage:
@@ -49,22 +86,27 @@ def list_objects(
 
 
 @router.put(
-    "/{key:path}", response_model=ObjectInfo, status_code=200,
-    responses={201: {"model": ObjectInfo, "description": "Created"}, **responses(400, 401, 409, 412, 413, 422)},
+    "/{key:objectkey}", response_model=ObjectInfo, status_code=200,
+    responses={200: {"description": "A new version of an existing object", "headers": _version_headers(True)},
+               201: {"model": ObjectInfo, "description": "Created (the first version)",
+                     "headers": _version_headers(True)},
+               **responses(400, 401, 409, 412, 413, 422)},
     summary="Write an object (a new version)",
     openapi_extra={"requestBody": {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                                    "required": True}},
 )
 async def put_object(
-    key: str,
+    key: Key,
     request: Request,
     response: Response,
     tenant: Tenant,
     content_type: Annotated[str, Header(alias="Content-Type")] = "application/octet-stream",
-    if_match: Annotated[str | None, Header(alias="If-Match", description="Write only if the object is at this ETag.")] = None,
-    if_none_match: Annotated[str | None, Header(alias="If-None-Match", description="'*': create only (409 if it exists).")] = None,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
-    ttl_seconds: Annotated[int | None, Query(ge=1, description="Expire the object this many seconds from now.")] = None,
+    if_match: Annotated[str | None, Header(alias="If-Match", description="Write only if the object is at this ETag; '*': only if it exists (412 otherwise).")] = None,
+    if_none_match: Annotated[Literal["*"] | None, Header(alias="If-None-Match",
+                                                         description="'*': create only (412 if it exists).")] = None,
+    idempotency_key: IdempotencyKey = None,
+    ttl_seconds: Annotated[int | None, Query(ge=1, le=MAX_TTL_SECONDS,
+                                             description="Expire the object this many seconds from now.")] = None,
 ) -> ObjectInfo:
     if if_none_match is not None and if_none_match.strip() != "*":
         raise InvalidInput("If-None-Match on PUT supports only '*' (create only)")
@@ -82,15 +124,19 @@ async def put_object(
 
 
 @router.get(
-    "/{key:path}",
+    "/{key:objectkey}",
     responses={200: {"description": "The content, with its content type; or, with versions=true, a JSON page of versions.",
-                     "content": {"*/*": {}, "application/json": {"schema": ObjectPage.model_json_schema()}}},
-               304: {"description": "Not modified (If-None-Match matched)"},
+                     "headers": _version_headers(False),  # absent on the version list
+                     "content": {"*/*": {},
+                                 "application/json": {"schema": {
+                                     "description": "The object's JSON content, or with versions=true an ObjectPage.",
+                                     "anyOf": [{"$ref": "#/components/schemas/ObjectPage"}, {}]}}}},
+               304: {"description": "Not modified (If-None-Match matched)", "headers": _version_headers(True)},
                **responses(400, 401, 404, 422)},
     summary="Read an object, one of its versions, or its version list",
 )
 def get_object(
-    key: str,
+    key: Key,
     request: Request,
     tenant: Tenant,
     version_id: str | None = None,
@@ -111,20 +157,25 @@ def get_object(
     return Response(stored.data, media_type=stored.info.content_type, headers=headers)
 
 
-@router.head("/{key:path}", responses=responses(400, 401, 404), summary="An object's headers")
-def head_object(key: str, request: Request, tenant: Tenant, version_id: str | None = None) -> Response:
+@router.head("/{key:objectkey}", response_class=Response, summary="An object's headers",
+             responses={200: {"description": "The headers GET would send, with the object's content type",
+                              "content": {"*/*": {}},
+                              "headers": _version_headers(True)},
+                        **responses(400, 401, 404, 422)})
+def head_object(key: Key, request: Request, tenant: Tenant, version_id: str | None = None) -> Response:
     info = request.app.state.context.objects.head(tenant, key, version_id)
     headers = _headers(info) | {"Content-Type": info.content_type, "Content-Length": str(info.size)}
     return Response(status_code=200, headers=headers)
 
 
-@router.delete("/{key:path}", status_code=204, responses=responses(400, 401, 404, 412),
+@router.delete("/{key:objectkey}", status_code=204, responses=responses(400, 401, 404, 412),
                summary="Delete an object and all its versions")
 def delete_object(
-    key: str,
+    key: Key,
     request: Request,
     tenant: Tenant,
-    if_match: Annotated[str | None, Header(alias="If-Match")] = None,
+    if_match: Annotated[str | None, Header(alias="If-Match", description="Delete only if the object is at this ETag; "
+                                                                           "'*': only if it exists (412 otherwise).")] = None,
 ) -> Response:
     request.app.state.context.objects.delete(tenant, key, if_match=unquote(if_match))
     return Response(status_code=204)

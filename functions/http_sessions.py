@@ -8,21 +8,36 @@ Both are sent quoted, and If-Match takes them quoted or bare.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, StrictFloat, StrictInt
 
 from functions.auth import tenant_of
-from functions.http_common import quoted, read_json, unquote
+from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
 from functions.problems import responses
 from shared.errors import InvalidInput
-from shared.sessions import MAX_METADATA_BYTES, MAX_REASON_LENGTH, Session, SessionStatus, TaskContext
+from shared.keys import ID_PATTERN
+from shared.sessions import (
+    MAX_METADATA_BYTES,
+    MAX_PROCESSING_SECONDS_PER_RECORD,
+    MAX_REASON_LENGTH,
+    MAX_REQUESTS_PER_RECORD,
+    Session,
+    SessionStatus,
+    TaskContext,
+)
 
-router = APIRouter(prefix="/api/v1", tags=["sessions"])
+router = APIRouter(prefix="/api/v1", tags=["sessions"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
-SessionId = Annotated[str, Path(description="1-128 characters of letters, digits, '.', '_', ':' or '-'.")]
+ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
+#: shared.keys.check_id's rule, declared so that the document says it and the server refuses the same ids.
+ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": 128}
+SessionId = Annotated[str, Path(**ID, description=f"The session's id: {ID_RULE}.")]
+#: An integer as JSON Schema means it: 3 and 3.0, never true, false or "3" (which plain int would take).
+JsonInt = Annotated[StrictInt, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="Apply only if the ETag is this one ('*': any).")]
 
 
@@ -60,9 +75,9 @@ class SessionPage(BaseModel):
 class CreateSession(BaseModel):
     """A session to start."""
 
-    user_id: str = Field(description="The user it belongs to: 1-128 letters, digits, '.', '_', ':' or '-'.")
-    session_id: str | None = Field(default=None, description="Its id (same rule); generated when omitted. "
-                                                             "Also the id of its memory thread.")
+    user_id: str = Field(**ID, description=f"The user it belongs to: {ID_RULE}.")
+    session_id: str | None = Field(default=None, **ID, description="Its id (same rule); generated when omitted. "
+                                                                   "Also the id of its memory thread.")
     metadata: dict[str, Any] | None = Field(default=None, description=f"Any JSON object, up to {MAX_METADATA_BYTES} bytes.")
 
 
@@ -72,20 +87,30 @@ class UpdateSession(BaseModel):
     metadata: dict[str, Any] = Field(description=f"Replaces the metadata; any JSON object up to {MAX_METADATA_BYTES} bytes.")
 
 
+class EndedStatus(enum.StrEnum):
+    """How a session ends: every SessionStatus but active (shared.sessions.ENDED_STATUSES)."""
+
+    COMPLETED = SessionStatus.COMPLETED.value
+    FAILED = SessionStatus.FAILED.value
+    CANCELLED = SessionStatus.CANCELLED.value
+    EXPIRED = SessionStatus.EXPIRED.value
+
+
 class EndSession(BaseModel):
     """How a session ends."""
 
-    status: SessionStatus = Field(default=SessionStatus.COMPLETED,
-                                  description="completed, failed, cancelled or expired (not active).")
+    status: EndedStatus = Field(default=EndedStatus.COMPLETED,
+                                description="completed, failed, cancelled or expired (not active).")
     reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH, description="Why it ended.")
 
 
 class RecordMetrics(BaseModel):
     """Activity to add to a session's metrics; also refreshes its last activity."""
 
-    requests: int = Field(default=1, ge=0, le=1_000_000, description="Requests to add.")
-    processing_time: float = Field(default=0.0, ge=0, description="Processing seconds to add.")
-    errors: int = Field(default=0, ge=0, le=1_000_000, description="Errors to add.")
+    requests: JsonInt = Field(default=1, ge=0, le=MAX_REQUESTS_PER_RECORD, description="Requests to add.")
+    processing_time: StrictFloat = Field(default=0.0, ge=0, le=MAX_PROCESSING_SECONDS_PER_RECORD,
+                                         description="Processing seconds to add (a number, not a string).")
+    errors: JsonInt = Field(default=0, ge=0, le=MAX_REQUESTS_PER_RECORD, description="Errors to add.")
 
 
 class ContextInfo(BaseModel):
@@ -140,7 +165,7 @@ def create_session(body: CreateSession, request: Request, response: Response, te
 def list_sessions(
     request: Request,
     tenant: Tenant,
-    user_id: Annotated[str, Query(description="Whose sessions.")],
+    user_id: Annotated[str, Query(**ID, description=f"Whose sessions: {ID_RULE}.")],
     status: Annotated[Literal["active"], Query(description="Only active sessions are listed.")] = "active",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     continuation: str | None = None,
@@ -169,8 +194,8 @@ def update_session(session_id: SessionId, body: UpdateSession, request: Request,
              responses=responses(400, 401, 404, 409, 412, 422), summary="End an active session with a status")
 def end_session(session_id: SessionId, body: EndSession, request: Request, response: Response,
                 tenant: Tenant, if_match: IfMatch = None) -> SessionOut:
-    session = request.app.state.context.sessions.end(tenant, session_id, body.status, reason=body.reason,
-                                                     if_match=unquote(if_match))
+    session = request.app.state.context.sessions.end(tenant, session_id, SessionStatus(body.status),
+                                                     reason=body.reason, if_match=unquote(if_match))
     return _out(session, response)
 
 
@@ -183,7 +208,7 @@ def record_metrics(
     request: Request,
     response: Response,
     tenant: Tenant,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                                   description="A retry with the same key is counted once.")] = None,
 ) -> SessionOut:
     session = request.app.state.context.sessions.record(

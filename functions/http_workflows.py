@@ -9,24 +9,30 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.auth import tenant_of
-from functions.http_common import quoted, read_json, unquote
+from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
 from functions.problems import responses
 from shared.errors import TooLarge
+from shared.keys import ID_PATTERN
 from shared.workflows import (
     MAX_DETAIL_LENGTH,
     MAX_EVENT_PAYLOAD_BYTES,
-    MAX_STEP_LENGTH,
     MAX_TEXT_LENGTH,
+    CurrentStep,
     SuspendReason,
     Workflow,
     WorkflowStatus,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["workflows"])
+router = APIRouter(prefix="/api/v1", tags=["workflows"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
-WorkflowId = Annotated[str, Path(description="The workflow's id: 1-128 of letters, digits, '.', '_', ':', '-'.")]
+ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
+#: shared.keys.check_id's rule, declared so that the document says it and the server refuses the same ids.
+ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": 128}
+WorkflowId = Annotated[str, Path(**ID, description=f"The workflow's id: {ID_RULE}.")]
+#: The service's rule for texts (names, resources, notes): no control characters.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="Apply only if the workflow is at this ETag.")]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200,
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                               description="A retry with the same key is applied once.")]
 
 
@@ -35,11 +41,11 @@ class SuspendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow_name: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH,
+    workflow_name: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
                                description="What kind of workflow it is, e.g. 'etl'; fixed at creation.")
-    resource: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH,
+    resource: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
                           description="What it works on, e.g. 'user:42'; fixed at creation.")
-    current_step: str = Field(min_length=1, max_length=MAX_STEP_LENGTH, description="The step to continue from.")
+    current_step: CurrentStep
     context_state: dict[str, Any] = Field(default_factory=dict, description=(
         "Any JSON object, of any size up to the configured limit. The key 'events' is reserved: "
         "delivered events are merged under events[event_id]."))
@@ -56,7 +62,7 @@ class WorkflowOut(BaseModel):
     workflow_name: str = Field(description="What kind of workflow it is.")
     resource: str = Field(description="What it works on.")
     status: WorkflowStatus = Field(description="suspended, running, completed, failed, cancelled or timed_out.")
-    current_step: str = Field(description="The step to continue from.")
+    current_step: int | str = Field(description="The step to continue from: an index or a name, as given.")
     suspend_reason: dict[str, Any] = Field(description="The latest suspend reason, with 'kind'; kept after resume.")
     resume_conditions: dict[str, Any] | None = Field(description="As given at suspend.")
     ready: bool = Field(description="Suspended and ready to resume (event came, schedule due, or approved).")
@@ -80,7 +86,7 @@ class ResumeOut(BaseModel):
     """The context and step to continue from, handed out once."""
 
     context_state: dict[str, Any] = Field(description="The context, with delivered events under 'events'.")
-    current_step: str = Field(description="The step to continue from.")
+    current_step: int | str = Field(description="The step to continue from: an index or a name, as given.")
     workflow: WorkflowOut = Field(description="The workflow, now running.")
 
 
@@ -96,7 +102,8 @@ class TransitionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    detail: str | None = Field(default=None, max_length=MAX_DETAIL_LENGTH, description="A note on why.")
+    detail: str | None = Field(default=None, min_length=1, max_length=MAX_DETAIL_LENGTH, pattern=TEXT_PATTERN,
+                               description="A note on why.")
 
 
 class ApproveRequest(BaseModel):
@@ -104,8 +111,10 @@ class ApproveRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    approved_by: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH, description="Who approved.")
-    comment: str | None = Field(default=None, max_length=MAX_DETAIL_LENGTH, description="Their comment.")
+    approved_by: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
+                                    description="Who approved.")
+    comment: str | None = Field(default=None, min_length=1, max_length=MAX_DETAIL_LENGTH, pattern=TEXT_PATTERN,
+                                description="Their comment.")
 
 
 class DeliveryOut(BaseModel):
@@ -138,9 +147,11 @@ def _with_etag(response: Response, workflow: Workflow) -> WorkflowOut:
 def list_workflows(
     request: Request,
     tenant: Tenant,
-    resource: Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, description="Only this resource.")] = None,
+    resource: Annotated[str | None, Query(min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
+                                          description="Only this resource.")] = None,
     status: Annotated[WorkflowStatus | None, Query(description="Only this status.")] = None,
-    workflow_name: Annotated[str | None, Query(max_length=MAX_TEXT_LENGTH, description="Only this name.")] = None,
+    workflow_name: Annotated[str | None, Query(min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
+                                               description="Only this name.")] = None,
     ready: Annotated[bool | None, Query(description="true: suspended and ready to resume (work to pick up).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     continuation: str | None = None,
@@ -154,7 +165,7 @@ def list_workflows(
 @router.post(
     "/workflows/{workflow_id}/suspend", response_model=WorkflowOut, status_code=200,
     responses={201: {"model": WorkflowOut, "description": "Created and suspended"},
-               **responses(400, 401, 409, 412, 413, 422)},
+               **responses(400, 401, 404, 409, 412, 413, 422)},
     dependencies=[Depends(_limit_body)],
     summary="Suspend a workflow (a new one is created) with its context and reason",
 )
@@ -241,7 +252,7 @@ def approve_workflow(workflow_id: WorkflowId, request: Request, response: Respon
                                    "required": False}},
 )
 async def deliver_event(
-    event_id: Annotated[str, Path(description="The event, e.g. 'data_ready'.")],
+    event_id: Annotated[str, Path(**ID, description=f"The event, e.g. 'data_ready': {ID_RULE}.")],
     request: Request,
     tenant: Tenant,
     idempotency_key: IdempotencyKey = None,

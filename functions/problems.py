@@ -1,8 +1,28 @@
-"""RFC 9457 problem+json for every error the API returns."""
+"""RFC 9457 problem+json for every error the API returns, and the OpenAPI document saying so.
+
+What answers what:
+
+* a :class:`~shared.errors.StowageError` -> its status (400, 401, 403, 404, 409, 412, 413, 503);
+* a request that does not match the declared schema -> 422, except a string of the
+  wrong form or length (an id or key outside its pattern, a text too long or empty),
+  which is 400 wherever it is: the answer the service gives for the same value, so
+  the status does not depend on which layer refuses it first;
+* an unknown path -> 404; a known path with another method -> 405 with ``Allow``
+  listing every method the path has;
+* anything else -> 500, logged.
+
+:func:`install` also makes the OpenAPI document say so (:func:`document_problems`):
+every error response is ``application/problem+json`` with the :class:`Problem` schema,
+and every operation lists the statuses the edge and the framework can return besides
+those its router declares: 401, 403 and 503 when it needs a key; 400 and 422 when it
+takes input; 408 and 413 when it takes a body.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,11 +30,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from shared.errors import StowageError, Unauthorized
+from shared.errors import Busy, StowageError, Unauthorized
+from shared.keys import ID_PATTERN
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
+#: Seconds a client is told to wait (Retry-After) after a 503: contention or an unavailable store.
+RETRY_AFTER_SECONDS = 1
+_PROBLEM_REF = "#/components/schemas/Problem"
 
 
 class Problem(BaseModel):
@@ -39,41 +64,145 @@ def problem(status: int, title: str, detail: str, request: Request | None = None
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses a route can return."""
-    return {status: {"model": Problem, "description": _DESCRIPTIONS.get(status, "Error"),
-                     "content": {PROBLEM_JSON: {}}} for status in statuses}
+    """OpenAPI entries for the error statuses a route can return (problem+json, see :func:`install`)."""
+    return {status: {"description": _DESCRIPTIONS.get(status, "Error"),
+                     "content": {PROBLEM_JSON: {"schema": {"$ref": _PROBLEM_REF}}}} for status in statuses}
 
 
 _DESCRIPTIONS = {
-    400: "Invalid input or key", 401: "Missing or invalid API key", 404: "Not found",
+    400: "Invalid input or key", 401: "Missing or invalid API key", 403: "The key lacks the scope or domain",
+    404: "Not found", 405: "Method not allowed", 408: "The body did not arrive in time",
     409: "Conflict with current state", 412: "If-Match precondition failed", 413: "Too large",
     422: "Request does not validate", 503: "Backend unavailable",
 }
 
+#: Validation errors about a string's form or length: the service refuses the same values with 400.
+_STRING_FORM = frozenset({"string_pattern_mismatch", "string_too_short", "string_too_long"})
+_ID_RULE = "must be 1-128 letters, digits, '.', '_', ':' or '-'"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == ID_PATTERN:
+        return f"{where}: {_ID_RULE}; got {error.get('input')!r:.140}"
+    return f"{where}: {error['msg']}"
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of the app serves at this request's path (Starlette's own ``Allow``
+    names only the first route that matched the path, not the others at the same path)."""
+    routes = request.app.router.routes
+    return ", ".join(method for method in _METHODS
+                     if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes))
+
 
 def install(app: FastAPI) -> None:
-    """Route every error through :func:`problem`."""
+    """Route every error through :func:`problem`, and document them so in the app's OpenAPI."""
 
     @app.exception_handler(StowageError)
     async def _stowage(request: Request, exc: StowageError) -> JSONResponse:
-        if exc.status >= 500:
+        headers: dict[str, str] | None = None
+        if isinstance(exc, Busy):
+            # Contention, not a fault: the client retries after the pause it is told.
+            log.warning("%s on %s: %s", type(exc).__name__, request.url.path, exc)
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        elif exc.status >= 500:
             log.error("%s on %s: %s", type(exc).__name__, request.url.path, exc)
-        headers = {"WWW-Authenticate": 'Bearer realm="stowage"'} if isinstance(exc, Unauthorized) else None
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        elif isinstance(exc, Unauthorized):
+            headers = {"WWW-Authenticate": 'Bearer realm="stowage"'}
         return problem(exc.status, exc.title, str(exc), request, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]
-        )
+        errors = exc.errors()
+        details = "; ".join(_describe(e) for e in errors[:10])
+        if errors and all(e["type"] in _STRING_FORM for e in errors):
+            in_path = all(e["loc"][:1] == ("path",) for e in errors)
+            return problem(400, "Invalid key" if in_path else "Invalid input", details, request)
         return problem(422, "Request does not validate", details, request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
         return problem(exc.status_code, _DESCRIPTIONS.get(exc.status_code, "Error"), str(exc.detail), request,
-                       dict(exc.headers) if exc.headers else None)
+                       headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return problem(500, "Internal error", "an unexpected error occurred; it has been logged", request)
+
+    app.openapi = _documenting_problems(app, app.openapi)  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------- the OpenAPI document
+
+
+def _documenting_problems(app: FastAPI, generate: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_problems(generate())
+        return app.openapi_schema
+
+    return openapi
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make every error response of ``schema`` problem+json with the Problem schema, and add the
+    statuses the edge and the framework return (see the module docstring).
+
+    Also states optional parameters as what they are: absent or a value. FastAPI documents
+    ``str | None`` as "a string or null", but a header or query parameter cannot be null, and
+    clients that believe it send the text "null".
+    """
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Problem"] = Problem.model_json_schema()
+    content = {PROBLEM_JSON: {"schema": {"$ref": _PROBLEM_REF}}}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            answers = operation.setdefault("responses", {})
+            added: set[int] = set()
+            if operation.get("security"):
+                added |= {401, 403, 503}
+            if operation.get("parameters") or operation.get("requestBody"):
+                added |= {400, 422}
+            if operation.get("requestBody"):
+                added |= {408, 413}
+            for status in added:
+                answers.setdefault(str(status), {"description": _DESCRIPTIONS[status]})
+            for status, answer in answers.items():
+                if status[:1] in "45" and _is_problem(answer):
+                    answer["content"] = content
+                    if status == "422":
+                        answer["description"] = _DESCRIPTIONS[422]
+            operation["responses"] = dict(sorted(answers.items()))
+            for parameter in operation.get("parameters", []):
+                _absent_not_null(parameter)
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body, which this API never sends
+        users = [schema["paths"], {other: value for other, value in schemas.items() if other != name}]
+        if f'"#/components/schemas/{name}"' not in json.dumps(users):
+            schemas.pop(name, None)
+    return schema
+
+
+def _absent_not_null(parameter: dict[str, Any]) -> None:
+    """An optional parameter's ``anyOf: [X, {"type": "null"}]`` schema becomes X."""
+    schema = parameter.get("schema") or {}
+    branches = schema.get("anyOf") or []
+    others = [branch for branch in branches if branch != {"type": "null"}]
+    if not parameter.get("required") and len(others) == 1 < len(branches):
+        parameter["schema"] = {key: value for key, value in schema.items() if key != "anyOf"} | others[0]
+
+
+def _is_problem(answer: dict[str, Any]) -> bool:
+    """An error response FastAPI or a router documented (not one with a model of its own, like health's 503)."""
+    media = answer.get("content")
+    if not media:
+        return True
+    return PROBLEM_JSON in media or "HTTPValidationError" in json.dumps(media)

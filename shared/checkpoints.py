@@ -82,13 +82,12 @@ from shared.backends import Entity, Page, TableOp
 from shared.backends.base import (
     MAX_BATCH_OPERATIONS,
     MAX_PROPERTY_BYTES,
-    decode_continuation,
-    encode_continuation,
     prefix_upper_bound,
     property_size,
 )
 from shared.command_ops import CommandOp, CommandPayload, Outcome
 from shared.errors import AlreadyExists, Conflict, InvalidInput, InvalidKey, NotFound, StowageError, TooLarge
+from shared.jsonvalues import check_json_value, json_text
 from shared.keys import check_id, check_tenant, escape
 from shared.stores import Stores
 
@@ -333,12 +332,9 @@ def _check_value(value: TypedValue, what: str) -> TypedValue:
 def _metadata_json(metadata: Mapping[str, Any] | None) -> str:
     if metadata is None:
         return "{}"
-    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+    if not isinstance(metadata, Mapping):
         raise InvalidInput("metadata must be a JSON object")
-    try:
-        text = json.dumps(dict(metadata), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"metadata must be JSON-serialisable: {exc}") from exc
+    text = json_text(dict(metadata), "metadata")  # InvalidInput for anything not storable as JSON
     if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
         raise TooLarge(f"metadata is over {MAX_METADATA_BYTES} bytes as JSON")
     return text
@@ -781,9 +777,12 @@ class CheckpointService:
             check_id(before, "before")
         if metadata_filter is not None and not isinstance(metadata_filter, Mapping):
             raise InvalidInput("metadata_filter must be a mapping of metadata keys to values")
+        check_json_value(dict(metadata_filter or {}), "metadata_filter")
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise InvalidInput(f"limit must be an integer from 1 to 1000, got {limit!r}")
-        state = decode_continuation(continuation) if continuation else {}
+        state = self._raw.verify_continuation(
+            _thread_pk(tenant, thread_id), continuation,
+            purpose="list" if checkpoint_ns is None else f"list|{_part(checkpoint_ns)}") if continuation else {}
         partition = _thread_pk(tenant, thread_id)
         if checkpoint_ns is None:
             page = self._list_all_namespaces(thread_id, partition, before, metadata_filter, limit, state)
@@ -817,7 +816,8 @@ class CheckpointService:
                 size += _size(item)
                 if len(items) >= limit or size >= LIST_PAGE_BYTES:
                     more = index + 1 < len(page.items) or page.continuation is not None
-                    return Page(items, encode_continuation({"after": entity.row_key}) if more else None)
+                    token = self._raw.sign_continuation(partition, {"after": entity.row_key}, purpose=f"list|{ns_part}")
+                    return Page(items, token if more else None)
             if page.continuation is None or not page.items:
                 return Page(items, None)
             low = page.items[-1].row_key + _END
@@ -844,7 +844,9 @@ class CheckpointService:
             size += _size(item)
             if len(items) >= limit or size >= LIST_PAGE_BYTES:
                 more = index + 1 < len(rows)
-                return Page(items, encode_continuation({"after_id": checkpoint_id, "after_ns": ns}) if more else None)
+                position = {"after_id": checkpoint_id, "after_ns": ns}
+                token = self._raw.sign_continuation(partition, position, purpose="list")
+                return Page(items, token if more else None)
         return Page(items, None)
 
     def threads(self, tenant: str, *, limit: int = 100, continuation: str | None = None) -> Page[ThreadInfo]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from shared.apikeys import ApiKeyService
+from shared.apikeys import DOMAINS, SCOPES, ApiKeyInfo, ApiKeyService
 from shared.commands import PoisonQueue, envelope_json_schema
 from shared.config import Settings, apply_local_settings
 from shared.errors import StowageError
@@ -35,10 +37,17 @@ def ensure_dev_key(stores: Stores) -> tuple[str, bool]:
     key_file = stores.settings.data_dir / DEV_KEY_FILE
     if key_file.is_file():
         return key_file.read_text().strip(), False
-    _, key = ApiKeyService(stores).create(DEV_TENANT, label="made by stowage serve on first start")
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key + "\n")
-    key_file.chmod(0o600)
+    service = ApiKeyService(stores)
+    made, key = service.create(DEV_TENANT, label="made by stowage serve on first start",
+                               scopes=SCOPES)
+    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:  # 0600 from the start: the key is never readable by others, not even for an instant
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made the dev key meanwhile: use theirs, drop ours
+        service.revoke(made.key_id)
+        return key_file.read_text().strip(), False
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
     return key, True
 
 
@@ -79,12 +88,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listed(values: list[str] | None) -> list[str] | None:
+    """Repeated and comma-separated option values, as one list (None when the option was not given)."""
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _key_json(info: ApiKeyInfo) -> dict[str, object]:
+    return {"key_id": info.key_id, "tenant": info.tenant, "label": info.label, "scopes": list(info.scopes),
+            "domains": list(info.domains) if info.domains is not None else None, "actor": info.actor,
+            "roles": list(info.roles), "created_at": info.created_at, "revoked_at": info.revoked_at}
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    info, key = ApiKeyService(_stores()).create(args.tenant, label=args.label)
+    scopes = _listed(args.scope) or ["read", "write"]
+    info, key = ApiKeyService(_stores()).create(args.tenant, label=args.label, scopes=scopes,
+                                                domains=_listed(args.domain), actor=args.actor,
+                                                roles=_listed(args.role) or ())
     if args.json:
-        print(json.dumps({"key_id": info.key_id, "tenant": info.tenant, "api_key": key}))
+        print(json.dumps({**_key_json(info), "api_key": key}))
     else:
-        console.print(f"API key for tenant '{info.tenant}' (id {info.key_id}); it is shown only now:")
+        where = ", ".join(info.domains) if info.domains is not None else "every domain"
+        console.print(f"API key for tenant '{info.tenant}' (id {info.key_id}), scopes {', '.join(info.scopes)} "
+                      f"in {where}; it is shown only now:", highlight=False)
         print(key)
     return 0
 
@@ -96,9 +123,15 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    table = Table("key id", "tenant", "label", "created", "revoked")
-    for info in ApiKeyService(_stores()).list(args.tenant):
-        table.add_row(info.key_id, info.tenant, info.label, info.created_at, info.revoked_at or "")
+    infos = ApiKeyService(_stores()).list(args.tenant)
+    if args.json:
+        print(json.dumps([_key_json(info) for info in infos], indent=2))
+        return 0
+    table = Table("key id", "tenant", "label", "scopes", "domains", "actor", "roles", "created", "revoked")
+    for info in infos:
+        table.add_row(info.key_id, info.tenant, info.label, ",".join(info.scopes),
+                      ",".join(info.domains) if info.domains is not None else "all", info.actor or "",
+                      ",".join(info.roles), info.created_at, info.revoked_at or "")
     console.print(table)
     return 0
 
@@ -106,19 +139,30 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_poison_list(args: argparse.Namespace) -> int:
     entries = PoisonQueue(_stores()).list(args.limit)
     if args.json:
-        print(json.dumps([e.__dict__ for e in entries], indent=2))
+        print(json.dumps([dataclasses.asdict(e) for e in entries], indent=2))
         return 0
     table = Table("message id", "reason", "attempts", "poisoned at", "message")
     for entry in entries:
-        table.add_row(entry.message_id, entry.reason, str(entry.dequeue_count), entry.poisoned_at, entry.body[:80])
+        # Text, not markup: a message or reason may hold anything, '[' included.
+        table.add_row(Text(entry.message_id), Text(entry.reason), str(entry.dequeue_count), Text(entry.poisoned_at),
+                      Text(entry.body[:80] if entry.replayable else f"(raw) {entry.body[:74]}"))
     console.print(table)
+    console.print(f"{len(entries)} message(s)")
     return 0
 
 
 def cmd_poison_replay(args: argparse.Namespace) -> int:
-    moved = PoisonQueue(_stores()).replay(set(args.id) if args.id else None)
-    console.print(f"moved {moved} message(s) back to the commands queue")
-    return 0
+    """Exit 0 when everything asked for was moved; 1 when a given id was not found or had to be skipped."""
+    report = PoisonQueue(_stores()).replay(set(args.id) if args.id else None)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+    else:
+        console.print(f"moved {len(report.moved)} message(s) back to the commands queue")
+        for entry in report.skipped:
+            console.print(Text(f"skipped {entry.message_id}: {entry.reason}"))
+        for message_id in report.not_found:
+            console.print(Text(f"not in the poison queue: {message_id}"))
+    return 1 if args.id and (report.skipped or report.not_found) else 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -145,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create a key for a tenant and print it once")
     create.add_argument("--tenant", required=True)
     create.add_argument("--label", default="")
+    create.add_argument("--scope", "--scopes", dest="scope", action="append", metavar="SCOPE",
+                        help=f"what the key may do: {', '.join(SCOPES)} (repeatable or comma-separated; "
+                             "default: read,write)")
+    create.add_argument("--domain", "--domains", dest="domain", action="append", metavar="DOMAIN",
+                        help=f"limit the key to these domains: {', '.join(DOMAINS)} (repeatable or "
+                             "comma-separated; default: every domain)")
+    create.add_argument("--actor", help="who the key acts for (a person or agent), recorded by the audit log")
+    create.add_argument("--role", "--roles", dest="role", action="append", metavar="ROLE",
+                        help="a role of the actor (repeatable or comma-separated)")
     create.add_argument("--json", action="store_true")
     create.set_defaults(run=cmd_keys_create)
     revoke = keys.add_parser("revoke", help="revoke a key by its id")
@@ -152,16 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(run=cmd_keys_revoke)
     listing = keys.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--tenant")
+    listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=cmd_keys_list)
 
     poison = sub.add_parser("poison", help="the commands poison queue").add_subparsers(dest="poison_command",
                                                                                         required=True)
     plist = poison.add_parser("list", help="messages that could not be applied, with their reasons")
-    plist.add_argument("--limit", type=int, default=32)
+    plist.add_argument("--limit", type=int, default=None, help="show at most this many (default: all)")
     plist.add_argument("--json", action="store_true")
     plist.set_defaults(run=cmd_poison_list)
-    replay = poison.add_parser("replay", help="move poison messages back to the commands queue")
+    replay = poison.add_parser("replay", help="move poison messages back to the commands queue "
+                                              "(undecodable ones stay, and are reported)")
     replay.add_argument("--id", action="append", help="only this message id (repeatable)")
+    replay.add_argument("--json", action="store_true")
     replay.set_defaults(run=cmd_poison_replay)
 
     schema = sub.add_parser("command-schema", help="print the JSON Schema of queue command envelopes")

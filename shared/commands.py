@@ -8,10 +8,18 @@ queue-triggered function hands each message to :meth:`CommandProcessor.process`.
 Delivery is at least once, so every command is applied idempotently: writes
 carry the envelope's idempotency key into the service, which records it in the
 same atomic batch as the write. A message that can never succeed (bad JSON, an
-envelope that does not validate, a rejected write) goes to the poison queue at
-once, wrapped with its reason. One that fails for a passing reason is retried
-by the host; its last error is recorded, so when the host moves it to the poison
-queue after ``maxDequeueCount`` attempts its reason can still be listed.
+envelope that does not validate, a reference to a blob it may not use, a
+rejected write) goes to the poison queue at once, wrapped with its reason. One
+that fails otherwise (the backend did not answer, or any unexpected exception)
+is retried by the host; its last error is recorded as ``"<type>: <message>"``,
+so when the host moves it to the poison queue after ``maxDequeueCount``
+attempts its reason can still be listed.
+
+Storage: in the ``stowagecommands`` table, partition ``failure`` (row: SHA-256
+of the message) holds the last error of a failing message, and partitions
+``applied|<tenant>`` the applied ``payload_ref`` commands (see
+:class:`CommandProcessor`). Payload blobs are ``commands/payloads/<tenant>/...``
+in the data container.
 """
 
 from __future__ import annotations
@@ -20,18 +28,18 @@ import hashlib
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
-from shared import checkpoints, memory, objects, sessions, workflows
-from shared.command_ops import CommandOp, Outcome
-
-from shared import names
+from shared import checkpoints, memory, names, objects, sessions, workflows
 from shared.backends import Entity
-from shared.backends.offload import claim_check_ref, parse_ref
+from shared.backends.base import MAX_RECEIVE_MESSAGES, QueueMessage
+from shared.backends.offload import check_ref, claim_check_ref, queue_offload_prefix
+from shared.command_ops import CommandOp, Outcome
 from shared.errors import (
     AlreadyExists,
     InvalidInput,
@@ -40,13 +48,15 @@ from shared.errors import (
     StowageError,
     TooLarge,
 )
-from shared.keys import escape
+from shared.jsonvalues import MAX_JSON_DEPTH, parse_client_json
+from shared.keys import check_tenant
 from shared.stores import Stores
 
 log = logging.getLogger(__name__)
 
 ENVELOPE_VERSION = 1
 _FAILURE_PARTITION = "failure"
+_APPLIED_PARTITION = "applied"
 # Errors no retry can fix: the message goes to the poison queue at once.
 _PERMANENT = (InvalidInput, TooLarge, PreconditionFailed, AlreadyExists)
 
@@ -63,7 +73,9 @@ class _EnvelopeBase(BaseModel):
     idempotency_key: str = Field(min_length=1, max_length=200, description="Same key, same effect: redeliveries and retries apply once.")
     payload_ref: str | None = Field(
         default=None,
-        description="Instead of 'payload': 'blob:v1:<key>' of a blob in the stowage-data container holding the payload JSON. Stowage deletes it once applied.",
+        description="Instead of 'payload': 'blob:v1:commands/payloads/<tenant>/<name>', a blob in the stowage-data container "
+                    "holding the payload JSON; <tenant> is this envelope's tenant, and a reference anywhere else is "
+                    "poison. Stowage deletes the blob once the command is applied.",
     )
 
     @model_validator(mode="before")
@@ -100,6 +112,19 @@ def envelope_json_schema() -> dict[str, Any]:
 # --------------------------------------------------------------------------- processing
 
 
+#: Where a ``payload_ref`` blob must be: ``commands/payloads/<tenant>/...`` in the
+#: data container, ``<tenant>`` being the envelope's own tenant (what CommandClient writes).
+PAYLOAD_PREFIX = "commands/payloads/"
+# A command message is the envelope around client JSON values, which the payload
+# models hold to MAX_JSON_DEPTH themselves; the envelope and payload structure add a few levels.
+_MESSAGE_DEPTH = MAX_JSON_DEPTH + 16
+
+
+def payload_prefix(tenant: str) -> str:
+    """The only place a ``payload_ref`` of ``tenant``'s commands may point (InvalidInput for a bad tenant)."""
+    return f"{PAYLOAD_PREFIX}{check_tenant(tenant)}/"
+
+
 class PoisonMessage(Exception):
     """The message can never be applied; ``reason`` says why."""
 
@@ -109,78 +134,162 @@ class PoisonMessage(Exception):
 
 
 def _digest(body: str) -> str:
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+    return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _parse_message(text: str | bytes, what: str) -> Any:
+    """Parsed JSON of a message; InvalidInput when it is not JSON, too deep, or not standard JSON."""
+    return parse_client_json(text, what=what, max_depth=_MESSAGE_DEPTH)
 
 
 class CommandProcessor:
-    """Applies command messages through the domain services."""
+    """Applies command messages through the domain services.
+
+    References in a message are checked before anything is read: a claim check
+    must point under the commands queue's offload prefix
+    (``offload/queues/stowage-commands/``), a ``payload_ref`` under
+    :func:`payload_prefix` of the envelope's tenant; anything else is poison, and
+    the blob it names is neither read nor deleted.
+
+    A ``payload_ref`` command, once applied, leaves an "applied" row in the
+    commands table (partition ``applied|<tenant>``, row: SHA-256 of op and
+    idempotency key, with the ref it consumed), written before its payload blob
+    is deleted. A redelivery finds the row and counts as a duplicate, without
+    needing the blob (the ops' own markers sit in partitions named by the
+    payload, which a redelivery no longer has). A crash after the op's write but
+    before the row leaves the blob, so the redelivery applies again, which the
+    op's own idempotency marker turns into a replay.
+    """
 
     def __init__(self, stores: Stores) -> None:
         self._stores = stores
         self._blobs = stores.blobs(names.CONTAINER_DATA)
         self._poison = stores.queue(names.QUEUE_COMMANDS_POISON)
-        self._failures = stores.table(names.TABLE_COMMANDS)
+        self._table = stores.table(names.TABLE_COMMANDS)
+        self._claim_prefix = queue_offload_prefix(names.QUEUE_COMMANDS)
 
-    def process(self, body: str, *, dequeue_count: int = 1, message_id: str = "") -> Outcome:
-        """Apply one message. Passing failures raise (the host retries); others go to poison."""
+    def process(self, body: str, *, dequeue_count: int = 1, message_id: str = "",
+                decode_error: str | None = None) -> Outcome:
+        """Apply one message. Passing failures raise (the host retries); others go to poison.
+
+        Any exception other than a poison verdict is recorded as ``"<type>: <message>"``
+        before it is raised again, so the reason survives the host's move to the
+        poison queue after its last attempt. A message the queue could not decode
+        (``decode_error`` of :class:`QueueMessage`; ``body`` is then its raw text)
+        goes to poison at once.
+        """
+        if decode_error is not None:
+            reason = f"message body is not valid base64/UTF-8: {decode_error}"
+            self.poison(body, reason, dequeue_count=dequeue_count, message_id=message_id)
+            return Outcome("poisoned", reason)
         try:
-            outcome = self._apply(body)
+            return self._apply(body)
         except PoisonMessage as exc:
             self.poison(body, exc.reason, dequeue_count=dequeue_count, message_id=message_id)
             return Outcome("poisoned", exc.reason)
-        except StowageError as exc:
+        except Exception as exc:
             self._record_failure(body, f"{type(exc).__name__}: {exc}", dequeue_count)
             raise
-        return outcome
 
     def _apply(self, body: str) -> Outcome:
         claim = claim_check_ref(body)
+        claim_key = None
         if claim is not None:
             try:
-                body = self._blobs.get(parse_ref(claim)).data.decode("utf-8")
+                claim_key = check_ref(claim, self._claim_prefix)
+            except ValueError as exc:
+                raise PoisonMessage(f"claim check refused: {exc}") from None
+            try:
+                data = self._blobs.get(claim_key).data
             except NotFound:
                 # Claim-check blobs are deleted only after their command was applied.
                 return Outcome("duplicate", "claim-check blob already consumed")
+            try:
+                body = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PoisonMessage("claim-check blob is not UTF-8 text") from None
         try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise PoisonMessage(f"message is not JSON: {exc}") from None
+            document = _parse_message(body, "message")
+        except InvalidInput as exc:
+            raise PoisonMessage(str(exc)) from None
         try:
             envelope = ENVELOPE_ADAPTER.validate_python(document)
         except ValidationError as exc:
             raise PoisonMessage(f"envelope is invalid: {_summary(exc)}") from None
-        payload_blob = None
+        payload_key = None
         if envelope.payload_ref is not None:
-            payload_blob = self._load_payload(envelope)
+            payload_key = self._payload_key(envelope)
+            applied = self._applied(envelope)
+            if applied is not None:
+                if applied.get("ref") == envelope.payload_ref:
+                    self._discard(payload_key)  # left behind if the first delivery stopped after its row
+                self._discard(claim_key)
+                return Outcome("duplicate", "payload_ref command already applied")
+            self._load_payload(envelope, payload_key)
         try:
             outcome = self._dispatch(envelope)
         except _PERMANENT as exc:
             raise PoisonMessage(f"{envelope.op} rejected: {type(exc).__name__}: {exc}") from None
-        for ref in filter(None, (payload_blob, claim)):
-            try:
-                self._blobs.delete(parse_ref(ref))
-            except NotFound:
-                pass
+        if payload_key is not None:
+            self._mark_applied(envelope, outcome)
+            self._discard(payload_key)
+        self._discard(claim_key)
         return outcome
 
-    def _load_payload(self, envelope: Any) -> str:
-        ref = envelope.payload_ref or ""
+    def _payload_key(self, envelope: Any) -> str:
+        """The blob key of the envelope's ``payload_ref``, if it points where that tenant's payloads live."""
         try:
-            data = self._blobs.get(parse_ref(ref)).data
-        except ValueError:
-            raise PoisonMessage(f"payload_ref {ref!r} is not a 'blob:v1:<key>' reference") from None
+            prefix = payload_prefix(envelope.tenant)
+        except InvalidInput:
+            raise PoisonMessage(f"payload_ref refused: tenant {envelope.tenant!r} is not a valid tenant name") from None
+        try:
+            return check_ref(envelope.payload_ref, prefix)
+        except ValueError as exc:
+            raise PoisonMessage(f"payload_ref refused: {exc}") from None
+
+    def _load_payload(self, envelope: Any, key: str) -> None:
+        try:
+            data = self._blobs.get(key).data
         except NotFound:
-            raise PoisonMessage(f"payload_ref {ref!r} names no blob") from None
+            raise PoisonMessage(f"payload_ref {envelope.payload_ref!r} names no blob") from None
         try:
-            envelope.payload = OPS[envelope.op].payload.model_validate_json(data)
+            envelope.payload = OPS[envelope.op].payload.model_validate(_parse_message(data, "payload blob"))
+        except InvalidInput as exc:
+            raise PoisonMessage(str(exc)) from None
         except ValidationError as exc:
             raise PoisonMessage(f"payload blob is invalid: {_summary(exc)}") from None
-        return ref
 
     def _dispatch(self, envelope: Any) -> Outcome:
         if envelope.payload is None:
             raise PoisonMessage("envelope has no payload")
         return OPS[envelope.op].apply(self._stores, envelope.tenant, envelope.payload, envelope.idempotency_key)
+
+    def _discard(self, key: str | None) -> None:
+        if key is None:
+            return
+        try:
+            self._blobs.delete(key)
+        except NotFound:
+            pass
+
+    # -- applied rows of payload_ref commands
+
+    @staticmethod
+    def _applied_keys(envelope: Any) -> tuple[str, str]:
+        return f"{_APPLIED_PARTITION}|{envelope.tenant}", _digest(f"{envelope.op}\n{envelope.idempotency_key}")
+
+    def _applied(self, envelope: Any) -> Entity | None:
+        try:
+            return self._table.get(*self._applied_keys(envelope))
+        except NotFound:
+            return None
+
+    def _mark_applied(self, envelope: Any, outcome: Outcome) -> None:
+        partition, row = self._applied_keys(envelope)
+        self._table.upsert(Entity(partition, row, {
+            "fmt": 1, "op": envelope.op, "ref": envelope.payload_ref, "status": outcome.status,
+            "at": datetime.now(timezone.utc).isoformat(),
+        }))
 
     # -- poison
 
@@ -195,18 +304,23 @@ class CommandProcessor:
 
     def _record_failure(self, body: str, reason: str, dequeue_count: int) -> None:
         try:
-            self._failures.upsert(Entity(_FAILURE_PARTITION, _digest(body), {
+            self._table.upsert(Entity(_FAILURE_PARTITION, _digest(body), {
                 "reason": reason[:2000], "dequeue_count": dequeue_count,
                 "at": datetime.now(timezone.utc).isoformat(),
             }))
         except StowageError:
             log.exception("could not record why a command failed")
 
-    def failure_reason(self, body: str) -> str | None:
+    def failure_record(self, body: str) -> Entity | None:
+        """The last failure recorded for this exact message (reason, dequeue_count, at), if any."""
         try:
-            return str(self._failures.get(_FAILURE_PARTITION, _digest(body))["reason"])
+            return self._table.get(_FAILURE_PARTITION, _digest(body))
         except NotFound:
             return None
+
+    def failure_reason(self, body: str) -> str | None:
+        record = self.failure_record(body)
+        return None if record is None else str(record.get("reason", ""))
 
 
 def _summary(exc: ValidationError) -> str:
@@ -220,72 +334,180 @@ def _summary(exc: ValidationError) -> str:
 # --------------------------------------------------------------------------- poison queue tools
 
 
+#: Seconds ``PoisonQueue.list`` and ``replay`` hold each message hidden while they walk the queue.
+HOLD_SECONDS = 300
+#: Characters of an undecodable message an entry shows.
+SHOWN_CHARS = 2000
+
+
 @dataclass(frozen=True)
 class PoisonEntry:
-    """A message in the poison queue and why it is there."""
+    """A message in the poison queue and why it is there.
+
+    ``body`` is the original command message; for one that cannot be decoded it
+    is the raw message, cut to :data:`SHOWN_CHARS`, and ``replayable`` is False.
+    """
 
     message_id: str
     reason: str
     body: str
     dequeue_count: int
     poisoned_at: str
+    replayable: bool = True
 
 
-def unwrap_poison(body: str) -> tuple[str, dict[str, Any] | None]:
-    """The original message and its poison record (None when the host moved it unwrapped)."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return body, None
-    if isinstance(document, dict) and set(document) == {"poison", "message"} and isinstance(document["message"], str):
-        return document["message"], document["poison"]
-    return body, None
+@dataclass(frozen=True)
+class ReplayReport:
+    """What ``PoisonQueue.replay`` did: ids moved, entries left in place (with why), ids not found."""
+
+    moved: list[str]
+    skipped: list[PoisonEntry]
+    not_found: list[str]
+
+
+class _Walk:
+    """One pass over a queue by receiving: every message once, held hidden until the pass ends.
+
+    Receives up to 32 messages at a time with a visibility timeout of ``hold``
+    seconds, until a receive brings no message not seen yet. On exit, every held
+    message (all but those the caller deleted and :meth:`release`\\ d) is made
+    visible again at once (extend to 0). A message whose hold runs out comes back
+    in a receive: the pass takes its new receipt and ends once nothing else is new.
+    """
+
+    def __init__(self, queue: Any, hold: int) -> None:
+        self._queue = queue
+        self._hold = hold
+        self._seen: set[str] = set()
+        self._held: dict[str, str] = {}
+
+    def __iter__(self) -> Iterator[QueueMessage]:
+        while True:
+            batch = self._queue.receive(max_messages=MAX_RECEIVE_MESSAGES, visibility_timeout=self._hold)
+            fresh = []
+            for message in batch:
+                if message.id in self._seen:
+                    self._held[message.id] = message.receipt
+                else:
+                    self._seen.add(message.id)
+                    self._held[message.id] = message.receipt
+                    fresh.append(message)
+            if not fresh:
+                return
+            yield from fresh
+
+    def release(self, message: QueueMessage) -> None:
+        """The caller deleted this message: do not make it visible again."""
+        self._held.pop(message.id, None)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        held, self._held = self._held, {}
+        for receipt in held.values():
+            try:
+                self._queue.extend(receipt, 0)
+            except NotFound:
+                pass  # deleted, or received by someone else since: not ours to show again
 
 
 class PoisonQueue:
-    """List and replay the commands poison queue."""
+    """List and replay the commands poison queue, however many messages it holds.
+
+    A queue can be peeked at 32 messages at most (SQS cannot peek at all), so
+    both walk the queue by receiving: every message is received once, with a
+    visibility timeout of :data:`HOLD_SECONDS`, and when the walk ends every
+    message not moved is made visible again at once. What follows:
+
+    * each walk counts as a delivery in the poison messages' dequeue counts
+      (nothing consumes the poison queue, so nothing acts on them);
+    * while a walk runs, another walk or receiver does not see the messages it
+      holds; a walk that is killed leaves them hidden for up to HOLD_SECONDS;
+    * a walk longer than HOLD_SECONDS ends when its first messages come back.
+
+    A message that cannot be decoded (not JSON, nested too deeply, not standard
+    JSON, empty) is listed raw, cut short, with the reason, and replay leaves it
+    where it is and reports it.
+    """
 
     def __init__(self, stores: Stores) -> None:
         self._poison = stores.queue(names.QUEUE_COMMANDS_POISON)
         self._commands = stores.queue(names.QUEUE_COMMANDS)
         self._processor = CommandProcessor(stores)
 
-    def list(self, limit: int = 32) -> list[PoisonEntry]:
-        entries = []
-        for message in self._poison.peek(max_messages=min(max(limit, 1), 32)):
-            original, record = unwrap_poison(message.body)
-            if record is None:
-                reason = self._processor.failure_reason(original) or "failed on every delivery (no reason recorded)"
-                entries.append(PoisonEntry(message.id, reason, original, message.dequeue_count, ""))
-            else:
-                entries.append(PoisonEntry(message.id, str(record.get("reason", "")), original,
-                                           int(record.get("dequeue_count", 0)), str(record.get("at", ""))))
+    def list(self, limit: int | None = None) -> list[PoisonEntry]:
+        """Every poison message (at most ``limit``), oldest first as the queue hands them out."""
+        entries: list[PoisonEntry] = []
+        with _Walk(self._poison, HOLD_SECONDS) as walk:
+            for message in walk:
+                if limit is not None and len(entries) >= limit:
+                    break
+                entries.append(self._entry(message)[0])
         return entries
 
-    def replay(self, message_ids: set[str] | None = None, *, limit: int = 1000) -> int:
-        """Move poison messages (all, or those with these ids) back to the commands queue."""
-        moved = 0
-        skipped: list[str] = []
-        while moved < limit:
-            batch = self._poison.receive(max_messages=32, visibility_timeout=60)
-            if not batch:
-                break
-            for message in batch:
-                if message_ids is not None and message.id not in message_ids:
-                    skipped.append(message.receipt)
-                    continue
-                original, _ = unwrap_poison(message.body)
-                self._commands.send(original)
-                self._poison.delete(message.receipt)
-                moved += 1
-            if message_ids is not None and len(skipped) >= 32 * 4:
-                break
-        for receipt in skipped:  # make the ones we did not replay visible again
+    def replay(self, message_ids: set[str] | None = None) -> ReplayReport:
+        """Move poison messages (all, or those with these ids) back to the commands queue.
+
+        Wrapped messages go back as the original message; ones the host moved
+        unchanged go back as they are. Undecodable ones stay and are reported in
+        ``skipped``; so is a message whose original this replay already moved
+        (it failed again while the replay ran). Ids not in the queue are in ``not_found``.
+        """
+        wanted = None if message_ids is None else set(message_ids)
+        moved: list[str] = []
+        skipped: list[PoisonEntry] = []
+        sent: set[str] = set()
+        with _Walk(self._poison, HOLD_SECONDS) as walk:
+            for message in walk:
+                if wanted is not None:
+                    if message.id not in wanted:
+                        continue
+                    wanted.discard(message.id)
+                entry, original = self._entry(message)
+                if original is None:
+                    skipped.append(entry)
+                elif _digest(original) in sent:
+                    skipped.append(replace(entry, reason=f"already replayed by this run, and failed again: {entry.reason}"))
+                else:
+                    self._commands.send(original)
+                    self._poison.delete(message.receipt)
+                    walk.release(message)
+                    sent.add(_digest(original))
+                    moved.append(message.id)
+                if wanted is not None and not wanted:
+                    break
+        return ReplayReport(moved, skipped, sorted(wanted or ()))
+
+    def _entry(self, message: QueueMessage) -> tuple[PoisonEntry, str | None]:
+        """The entry for a poison message, and the original message to replay (None: cannot be decoded)."""
+        body = message.body
+        problem = None
+        document: Any = None
+        if not body:
+            problem = "the message is empty (or its claim-check blob is gone)"
+        else:
             try:
-                self._poison.extend(receipt, 0)
-            except NotFound:
-                pass
-        return moved
+                document = _parse_message(body, "poison message")
+            except InvalidInput as exc:
+                problem = str(exc)
+        if (isinstance(document, dict) and set(document) == {"poison", "message"}
+                and isinstance(document["message"], str) and isinstance(document["poison"], dict)):
+            record = document["poison"]
+            count = record.get("dequeue_count")
+            return PoisonEntry(message.id, str(record.get("reason", "")), document["message"],
+                               count if type(count) is int else 0, str(record.get("at", ""))), document["message"]
+        # Moved unchanged by the host after its last attempt: the processor recorded why.
+        failure = self._processor.failure_record(body) if body else None
+        count = failure.get("dequeue_count") if failure is not None else 0
+        at = str(failure.get("at", "")) if failure is not None else ""
+        last = str(failure.get("reason", "")) if failure is not None else ""
+        count = count if type(count) is int else 0
+        if problem is not None:
+            reason = f"cannot be decoded: {problem}" + (f" (last error: {last})" if last else "")
+            shown = body if len(body) <= SHOWN_CHARS else body[:SHOWN_CHARS] + "…"
+            return PoisonEntry(message.id, reason, shown, count, at, replayable=False), None
+        return PoisonEntry(message.id, last or "failed on every delivery (no reason recorded)", body, count, at), body
 
 
 # --------------------------------------------------------------------------- producer
@@ -301,6 +523,7 @@ class CommandClient:
 
     def send(self, op: str, tenant: str, payload: dict[str, Any], *, idempotency_key: str | None = None) -> str:
         """Validate and enqueue a command; returns its idempotency key."""
+        check_tenant(tenant)
         key = idempotency_key or uuid.uuid4().hex
         envelope: dict[str, Any] = {"version": ENVELOPE_VERSION, "op": op, "tenant": tenant,
                                     "idempotency_key": key, "payload": payload}
@@ -310,7 +533,7 @@ class CommandClient:
             raise InvalidInput(f"command is invalid: {_summary(exc)}") from None
         body = json.dumps(envelope, ensure_ascii=False)
         if len(body.encode("utf-8")) > self._threshold:
-            blob_key = f"commands/payloads/{escape(tenant)}/{uuid.uuid4().hex}"
+            blob_key = f"{payload_prefix(tenant)}{uuid.uuid4().hex}"
             self._blobs.put(blob_key, json.dumps(payload).encode("utf-8"), content_type="application/json")
             del envelope["payload"]
             envelope["payload_ref"] = f"blob:v1:{blob_key}"

@@ -35,6 +35,12 @@ class Settings:
     offload_threshold_bytes: int = 32 * 1024
     #: A session idle longer than this is ended as "expired" by the cleanup timer.
     session_idle_seconds: int = 24 * 3600
+    #: Largest body of an HTTP request whose route has no larger limit of its own (objects,
+    #: checkpoints, contexts, messages and events have theirs); 413 above it, before it is read.
+    max_json_body_bytes: int = 1024 * 1024
+    #: An HTTP request body must keep arriving: a wait of more than this many seconds for its
+    #: next bytes, or a whole body later than this plus one second per 64 KiB, is answered 408.
+    body_timeout_seconds: int = 30
     #: Azure: a connection string (Azurite: "UseDevelopmentStorage=true") ...
     azure_connection_string: str | None = field(default=None, repr=False)
     #: ... or an account name, with DefaultAzureCredential (managed identity in the cloud).
@@ -50,6 +56,9 @@ class Settings:
     aws_table_prefix: str = "stowage-"
     #: SQS queue names are this prefix + the logical queue name.
     aws_queue_prefix: str = ""
+    #: Signs continuation tokens (at least 16 characters). Unset: the backend keeps a
+    #: generated one (local: ``<data_dir>/token-secret``; azure, aws: a blob).
+    token_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -58,6 +67,11 @@ class Settings:
             raise InvalidInput(f"{names.SETTING_LOCAL_SYNC} must be NORMAL or FULL")
         if self.max_object_bytes <= 0 or self.offload_threshold_bytes <= 0 or self.session_idle_seconds <= 0:
             raise InvalidInput("size settings must be positive")
+        if self.max_json_body_bytes <= 0 or self.body_timeout_seconds <= 0:
+            raise InvalidInput(f"{names.SETTING_MAX_JSON_BODY_BYTES} and {names.SETTING_BODY_TIMEOUT_SECONDS} "
+                               "must be positive")
+        if self.token_secret is not None and len(self.token_secret.encode("utf-8")) < 16:
+            raise InvalidInput(f"{names.SETTING_TOKEN_SECRET} must be at least 16 characters (or unset)")
         if self.offload_threshold_bytes > 48 * 1024:
             raise InvalidInput(f"{names.SETTING_OFFLOAD_THRESHOLD} must be at most 49152 (queue message limit)")
         if self.backend == "azure" and not (self.azure_connection_string or self.azure_account_name):
@@ -96,6 +110,8 @@ class Settings:
             max_object_bytes=integer(names.SETTING_MAX_OBJECT_BYTES, defaults.max_object_bytes),
             offload_threshold_bytes=integer(names.SETTING_OFFLOAD_THRESHOLD, defaults.offload_threshold_bytes),
             session_idle_seconds=integer(names.SETTING_SESSION_IDLE_SECONDS, defaults.session_idle_seconds),
+            max_json_body_bytes=integer(names.SETTING_MAX_JSON_BODY_BYTES, defaults.max_json_body_bytes),
+            body_timeout_seconds=integer(names.SETTING_BODY_TIMEOUT_SECONDS, defaults.body_timeout_seconds),
             azure_connection_string=text(names.SETTING_AZURE_CONNECTION_STRING),
             azure_account_name=text(names.SETTING_AZURE_ACCOUNT_NAME),
             azure_client_id=text(names.SETTING_AZURE_CLIENT_ID),
@@ -104,6 +120,7 @@ class Settings:
             aws_bucket=text(names.SETTING_AWS_BUCKET) or defaults.aws_bucket,
             aws_table_prefix=text(names.SETTING_AWS_TABLE_PREFIX) or defaults.aws_table_prefix,
             aws_queue_prefix=text(names.SETTING_AWS_QUEUE_PREFIX) or defaults.aws_queue_prefix,
+            token_secret=text(names.SETTING_TOKEN_SECRET),
         )
 
 

@@ -9,7 +9,9 @@
     ├── PreconditionFailed        an If-Match ETag no longer matches (412)
     ├── TooLarge                  over a configured or platform size limit (413)
     ├── Unauthorized              missing or unknown credentials (401)
+    ├── Forbidden                 valid credentials without the scope or domain (403)
     └── BackendUnavailable        the store did not answer or failed (503)
+        └── Busy                  the store turned the request away for now; retry (503)
 
 Backends translate SDK errors (sqlite3, azure-core, botocore) into these in one
 place each, chained with ``raise ... from exc``, so callers can tell "not found"
@@ -80,8 +82,23 @@ class Unauthorized(StowageError):
     title = "Unauthorized"
 
 
+class Forbidden(StowageError):
+    """Valid credentials that lack the scope or domain the operation needs."""
+
+    status = 403
+    title = "Forbidden"
+
+
 class BackendUnavailable(StowageError):
     """The storage backend did not answer, or failed in a way the caller cannot fix."""
 
     status = 503
     title = "Backend unavailable"
+
+
+class Busy(BackendUnavailable):
+    """The store turned the request away for now: a write that conflicted with a
+    concurrent transaction, or throttling. The backend has already retried what is
+    safe to retry; the same request, sent again a little later, can succeed."""
+
+    title = "Busy"

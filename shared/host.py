@@ -107,6 +107,13 @@ class QueueTrigger:
         batch = self.queue.receive(max_messages=min(self.settings.batch_size, 32),
                                    visibility_timeout=self.LEASE_SECONDS)
         for message in batch:
+            if message.undecodable:
+                # The Functions host cannot decode it either, and moves it to the poison queue unchanged.
+                log.warning("%s: message %s is undecodable (%s); moved to %s", self.name, message.id,
+                            message.decode_error, self.poison.name)
+                self.poison.send(message.body)
+                self.queue.delete(message.receipt)
+                continue
             host_message = HostQueueMessage(
                 id=message.id, body=message.body.encode("utf-8"), dequeue_count=message.dequeue_count,
                 pop_receipt=message.receipt, insertion_time=message.enqueued_at,

@@ -53,7 +53,9 @@ Guarantees:
   repeated delete, a create of the same id, or the timer finishes the job.
 * Content of any size up to :data:`MAX_CONTENT_BYTES` is stored whole: the
   offload layer moves values over its threshold to blobs, written before the
-  batch that refers to them. Sizes are checked before anything is written.
+  batch that refers to them. Sizes and values (valid Unicode, nesting bounded:
+  :mod:`shared.jsonvalues`) are checked before anything is written, the thread's
+  index entry included, so refused input leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -80,8 +82,6 @@ from shared.backends.base import (
     MAX_BATCH_BYTES,
     MAX_BATCH_OPERATIONS,
     MAX_PAGE_SIZE,
-    decode_continuation,
-    encode_continuation,
     property_size,
     wire_size,
 )
@@ -95,7 +95,8 @@ from shared.errors import (
     PreconditionFailed,
     TooLarge,
 )
-from shared.keys import check_id, check_tenant
+from shared.jsonvalues import check_json_value, json_text
+from shared.keys import ID_PATTERN, check_id, check_tenant
 from shared.stores import Stores
 
 #: Largest content of one message (UTF-8 text, or JSON parts serialised), checked before writing.
@@ -114,6 +115,9 @@ _MESSAGE_ID = re.compile(r"^msg_(\d{12})_[0-9a-f]{8}$")
 _WRITE_ATTEMPTS = 64
 _INDEX_SPAN = 10**19
 _LIST_EXAMINED = 1000  # index entries one list call looks at, at most
+# Purposes the continuation tokens of list_threads and history are signed for (with table and partition).
+_THREADS_TOKEN = "threads"
+_HISTORY_TOKEN = "history"
 _READERS = 8
 _OFFLOADED_ENTITY_WIRE = 400  # a property moved to a blob leaves a reference of about this size
 _BATCH_BUDGET = MAX_BATCH_BYTES - 64 * 1024  # room for the thread entity and the marker
@@ -182,11 +186,8 @@ def _iso(timestamp: float) -> str:
 
 
 def _json_text(value: Any, what: str, limit: int) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} must be JSON (finite numbers, string keys): {exc}") from None
-    size = len(text.encode("utf-8", "surrogatepass"))
+    text = json_text(value, what)  # InvalidInput for anything not storable as JSON (shared.jsonvalues)
+    size = len(text.encode("utf-8"))
     if size > limit:
         raise TooLarge(f"{what} is {size} bytes as JSON; the limit is {limit}")
     return text
@@ -203,7 +204,7 @@ def _metadata_text(metadata: Any, what: str) -> str | None:
 def _check_title(title: Any) -> str | None:
     if title is not None and (not isinstance(title, str) or len(title) > MAX_TITLE_LENGTH):
         raise InvalidInput(f"title must be text of at most {MAX_TITLE_LENGTH} characters")
-    return title
+    return check_json_value(title, "title")
 
 
 def _message_rk(seq: int) -> str:
@@ -323,7 +324,7 @@ class MemoryService:
     @staticmethod
     def _content_properties(content: Any) -> dict[str, Any]:
         if isinstance(content, str):
-            size = len(content.encode("utf-8", "surrogatepass"))
+            size = len(check_json_value(content, "message content").encode("utf-8"))
             if size > MAX_CONTENT_BYTES:
                 raise TooLarge(f"message content is {size} bytes; the limit is {MAX_CONTENT_BYTES}")
             return {"text": content}
@@ -538,13 +539,15 @@ class MemoryService:
             raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
         if metadata is not None and not isinstance(metadata, dict):
             raise InvalidInput("metadata filter must be a JSON object")
+        check_json_value(metadata, "metadata filter")
         start = None
+        index_pk = self._index_pk(tenant, resource)
         if continuation is not None:
-            state = decode_continuation(continuation)
+            # Signed for this tenant's and resource's index partition: no other listing opens it.
+            state = self._raw.verify_continuation(index_pk, continuation, purpose=_THREADS_TOKEN)
             if state.get("r") != resource or not isinstance(state.get("after"), str):
                 raise InvalidInput("continuation token does not belong to this listing")
             start = state["after"] + " "  # the least row key after it: ' ' sorts below every id character
-        index_pk = self._index_pk(tenant, resource)
         items: list[Thread] = []
         examined = 0
         last_rk: str | None = None
@@ -573,7 +576,8 @@ class MemoryService:
                 more = False
                 break
             start = page.items[-1].row_key + " "
-        token = encode_continuation({"r": resource, "after": last_rk}) if more and last_rk is not None else None
+        token = (self._raw.sign_continuation(index_pk, {"r": resource, "after": last_rk}, purpose=_THREADS_TOKEN)
+                 if more and last_rk is not None else None)
         return Page(items, token)
 
     def _discard_entry(self, entry: Entity) -> None:
@@ -775,8 +779,10 @@ class MemoryService:
         of the read that issued it; other arguments are ignored when it is given.
         """
         thread = self._live_thread(tenant, thread_id)
+        pk = thread.partition_key
         if continuation is not None:
-            state = decode_continuation(continuation)
+            # Signed for this tenant's thread partition: another thread's or tenant's token is refused.
+            state = self._raw.verify_continuation(pk, continuation, purpose=_HISTORY_TOKEN)
             try:
                 if state["t"] != thread_id:
                     raise InvalidInput("continuation token belongs to another thread")
@@ -800,7 +806,6 @@ class MemoryService:
         # Exclusive bounds; reads stop at the thread's last seq, tokens keep the asked-for bound
         # so that paging forward later also finds messages appended meanwhile.
         low = max(low, 0)
-        pk = thread.partition_key
         if backward:
             rows, more = self._newest(pk, low, min(high, int(thread["last_seq"]) + 1), size)
         else:
@@ -810,8 +815,8 @@ class MemoryService:
         if more and messages:
             edge = messages[-1].seq
             next_low, next_high = (low, edge) if backward else (edge, high)
-            token = encode_continuation({"t": thread_id, "lo": next_low, "hi": next_high, "n": size,
-                                         "back": backward, "o": output.value})
+            token = self._raw.sign_continuation(pk, {"t": thread_id, "lo": next_low, "hi": next_high, "n": size,
+                                                     "back": backward, "o": output.value}, purpose=_HISTORY_TOKEN)
         if backward == (output is Order.asc):
             messages.reverse()
         return Page(messages, token)
@@ -867,7 +872,9 @@ class MessageInput(BaseModel):
         description="Text, or structured JSON parts (a list or an object). Up to 8 MiB; long content is "
                     "stored whole in a blob.")
     metadata: dict[str, Any] | None = Field(default=None, description="Any JSON object, up to 8 KiB.")
-    parent_message_id: str | None = Field(default=None, description="A message of the same thread this one answers.")
+    parent_message_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=ID_PATTERN,
+        description="A message of the same thread this one answers: its id, e.g. 'msg_000000000042_1a2b3c4d'.")
 
     def new_message(self) -> NewMessage:
         return NewMessage(self.role, self.content, self.metadata, self.parent_message_id)

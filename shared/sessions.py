@@ -62,6 +62,7 @@ from shared import names
 from shared.backends import Entity, Page, TableOp
 from shared.command_ops import CommandOp, CommandPayload, Outcome
 from shared.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PreconditionFailed, TooLarge
+from shared.jsonvalues import check_json_value, json_text
 from shared.keys import check_id, check_tenant, escape
 from shared.memory import MemoryService
 from shared.stores import Stores
@@ -145,19 +146,12 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat()
 
 
-def _dump_json(value: Any, what: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} is not JSON: {exc}") from exc
-
-
 def _metadata_json(metadata: dict[str, Any] | None) -> str:
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
         raise InvalidInput("metadata must be a JSON object")
-    text = _dump_json(metadata, "metadata")
+    text = json_text(metadata, "metadata")
     size = len(text.encode("utf-8"))
     if size > MAX_METADATA_BYTES:
         raise TooLarge(f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
@@ -439,6 +433,7 @@ class SessionService:
             raise InvalidInput(f"a session ends as one of {', '.join(ENDED_STATUSES)}, not active")
         if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH):
             raise InvalidInput(f"reason must be text of at most {MAX_REASON_LENGTH} characters")
+        check_json_value(reason, "reason")
 
         def finish(entity: Entity) -> dict[str, Any]:
             self._match(session_id, entity, if_match)
@@ -478,7 +473,7 @@ class SessionService:
         self._check(tenant, session_id)
         if not isinstance(context, dict):
             raise InvalidInput("context must be a JSON object")
-        text = _dump_json(context, "context")
+        text = json_text(context, "context")
         size = len(text.encode("utf-8"))
         if size > self.max_context_bytes:
             raise TooLarge(f"context is {size} bytes as JSON; the limit is {self.max_context_bytes}")

@@ -3,7 +3,9 @@
 A workflow is suspended with its context (any JSON object, of any size), its
 current step and a reason: waiting for an event (optionally with a timeout),
 waiting for approval (optionally with a timeout), a scheduled resume, or manual.
-Resuming returns the context and the step and marks the workflow running.
+Resuming returns the context and the step and marks the workflow running. The
+step is a name or an integer step index (as seed 000's workflows keep it); it is
+stored with its type and handed back as given.
 
 Statuses and the only transitions allowed (anything else is a 409 naming both
 states)::
@@ -95,12 +97,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
 
 from shared import names
 from shared.backends import Entity, Page, TableOp
 from shared.command_ops import CommandOp, CommandPayload, Outcome
 from shared.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PreconditionFailed, TooLarge
+from shared.jsonvalues import MAX_JSON_DEPTH, json_text
 from shared.keys import ID_PATTERN, check_id, check_tenant, escape
 from shared.stores import Stores
 
@@ -110,6 +114,8 @@ DUE_SHARDS = 16
 DUE_PREFIX = "!due|"
 MAX_TEXT_LENGTH = 200  # workflow_name, resource: they become parts of index keys
 MAX_STEP_LENGTH = 1000
+#: Largest integer step index: the largest integer every JSON client reads exactly.
+MAX_STEP_INDEX = 2**53 - 1
 MAX_DETAIL_LENGTH = 2000
 MAX_CONDITIONS_BYTES = 16_000  # stays inline: the workflow entity is read on every listing
 MAX_EVENT_PAYLOAD_BYTES = 1024 * 1024
@@ -169,8 +175,15 @@ class IllegalTransition(Conflict):
 # --------------------------------------------------------------------------- suspend reasons
 
 
+def _kind_required(schema: dict[str, Any]) -> None:
+    """The document says ``kind`` is required: the discriminated union needs it, whatever the default says."""
+    schema["properties"]["kind"].pop("default", None)
+    schema["required"] = ["kind", *[name for name in schema.get("required", []) if name != "kind"]]
+
+
 class _Reason(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # kind keeps its default for Python callers building a model; as data (HTTP, queue) it must be sent.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_kind_required)
 
 
 class WaitingForEvent(_Reason):
@@ -191,12 +204,20 @@ class WaitingForApproval(_Reason):
                                         description="Time out (status timed_out) without an approval by then.")
 
 
+def _date_time_text(value: Any) -> Any:
+    """resume_at as the document states it, a date-time string (or a datetime from Python): no epoch numbers."""
+    if not isinstance(value, (str, datetime)):
+        raise PydanticCustomError("datetime_type", "resume_at must be an ISO-8601 date-time string with a time zone")
+    return value
+
+
 class ScheduledResume(_Reason):
     """Resume at a time: the timer makes the workflow ready then."""
 
     kind: Literal["schedule"] = Field(default="schedule", description="Always 'schedule'.")
-    resume_at: AwareDatetime = Field(description="When the workflow becomes ready, with a time zone; "
-                                                 "a time already past makes it ready at once.")
+    resume_at: Annotated[AwareDatetime, BeforeValidator(_date_time_text)] = Field(
+        description="When the workflow becomes ready: an ISO-8601 date-time with a time zone; "
+                    "a time already past makes it ready at once.")
 
 
 class ManualResume(_Reason):
@@ -208,6 +229,25 @@ class ManualResume(_Reason):
 
 SuspendReason = Annotated[WaitingForEvent | WaitingForApproval | ScheduledResume | ManualResume,
                           Field(discriminator="kind")]
+#: A text with no control characters (the rule _check_text enforces), for the document.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+
+def _whole_number(value: Any) -> Any:
+    """A whole-number float (JSON ``3.0``, an integer to JSON Schema) as that int; anything else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: The step to continue from: an integer step index (as seed 000 keeps it) or a step name, returned as given.
+#: The index is strict (no bools, no numeric strings, no fractions) but takes a whole-number float.
+CurrentStep = Annotated[
+    Annotated[int, Field(strict=True, ge=0, le=MAX_STEP_INDEX), BeforeValidator(_whole_number)]
+    | Annotated[str, Field(min_length=1, max_length=MAX_STEP_LENGTH, pattern=TEXT_PATTERN)],
+    Field(description=f"The step to continue from: a step index (an integer from 0 to {MAX_STEP_INDEX}) or a "
+                      f"step name (1-{MAX_STEP_LENGTH} characters); resume returns it as given, with its type."),
+]
 _REASON_ADAPTER: TypeAdapter[Any] = TypeAdapter(SuspendReason)
 
 
@@ -232,7 +272,8 @@ class Workflow:
     workflow_name: str
     resource: str
     status: WorkflowStatus
-    current_step: str
+    #: A step index (int) or a step name (str), as given at suspend.
+    current_step: int | str
     #: The latest suspend reason, with ``kind``; kept after resume and timeout.
     suspend_reason: dict[str, Any]
     resume_conditions: dict[str, Any] | None
@@ -266,7 +307,7 @@ class Resumed:
     """What a resume hands out, once: the context and step to continue from."""
 
     context_state: dict[str, Any]
-    current_step: str
+    current_step: int | str
     workflow: Workflow
 
 
@@ -311,11 +352,25 @@ def _optional_text(value: str | None, what: str, max_length: int) -> str | None:
     return None if value is None else _check_text(value, what, max_length)
 
 
-def _dumps(value: Any, what: str, limit: int) -> str:
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{what} is not JSON: {exc}") from None
+def _check_step(step: Any) -> int | str:
+    """A step index (int, kept as an int) or a step name (str); InvalidInput otherwise."""
+    if isinstance(step, int) and not isinstance(step, bool):
+        if not 0 <= step <= MAX_STEP_INDEX:
+            raise InvalidInput(f"current_step as a step index must be an integer from 0 to {MAX_STEP_INDEX}")
+        return int(step)
+    if isinstance(step, str):
+        return _check_text(step, "current_step", MAX_STEP_LENGTH)
+    raise InvalidInput("current_step must be a step index (an integer from 0) or a step name (text)")
+
+
+def _step_of(props: dict[str, Any]) -> int | str:
+    """The stored step with the type it was given (int properties read back as int on every backend)."""
+    step = props["current_step"]
+    return step if isinstance(step, int) and not isinstance(step, bool) else str(step)
+
+
+def _dumps(value: Any, what: str, limit: int, *, max_depth: int = MAX_JSON_DEPTH) -> str:
+    text = json_text(value, what, max_depth=max_depth)  # InvalidInput for anything not storable as JSON
     size = len(text.encode("utf-8"))
     if size > limit:
         raise TooLarge(f"{what} is {size} bytes as JSON; the limit is {limit}")
@@ -405,7 +460,7 @@ class WorkflowService:
             workflow_name=str(props["workflow_name"]),
             resource=str(props["resource"]),
             status=WorkflowStatus(str(props["status"])),
-            current_step=str(props["current_step"]),
+            current_step=_step_of(props),
             suspend_reason=_reason_of(props),
             resume_conditions=json.loads(str(conditions)) if conditions is not None else None,
             ready=bool(props.get("ready", False)),
@@ -537,13 +592,14 @@ class WorkflowService:
 
     # -- suspend and resume
 
-    def suspend(self, tenant: str, workflow_id: str, *, workflow_name: str, resource: str, current_step: str,
+    def suspend(self, tenant: str, workflow_id: str, *, workflow_name: str, resource: str, current_step: int | str,
                 context_state: dict[str, Any], reason: Any, resume_conditions: dict[str, Any] | None = None,
                 if_match: str | None = None, idempotency_key: str | None = None) -> Workflow:
         """Suspend a new workflow (created) or a running one, with its context and reason.
 
         Anything else is IllegalTransition (409). ``workflow_name`` and ``resource``
-        are fixed at creation. ``reason``: a :data:`SuspendReason` model or a dict
+        are fixed at creation. ``current_step``: a step index (int from 0) or a step
+        name; resume returns it with its type. ``reason``: a :data:`SuspendReason` model or a dict
         with ``kind``. ``context_state`` is a JSON object of up to
         ``max_context_bytes``; its key ``events`` is reserved for delivered events.
         """
@@ -552,14 +608,14 @@ class WorkflowService:
                              resume_conditions=resume_conditions, if_match=if_match,
                              idempotency_key=idempotency_key)[0]
 
-    def _suspend(self, tenant: str, workflow_id: str, *, workflow_name: str, resource: str, current_step: str,
+    def _suspend(self, tenant: str, workflow_id: str, *, workflow_name: str, resource: str, current_step: int | str,
                  context_state: dict[str, Any], reason: Any, resume_conditions: dict[str, Any] | None,
                  if_match: str | None, idempotency_key: str | None) -> tuple[Workflow, bool]:
         check_tenant(tenant)
         check_id(workflow_id, "workflow_id")
         _check_text(workflow_name, "workflow_name", MAX_TEXT_LENGTH)
         _check_text(resource, "resource", MAX_TEXT_LENGTH)
-        _check_text(current_step, "current_step", MAX_STEP_LENGTH)
+        current_step = _check_step(current_step)
         parsed = parse_reason(reason)
         if not isinstance(context_state, dict):
             raise InvalidInput("context_state must be a JSON object")
@@ -584,7 +640,7 @@ class WorkflowService:
                 ready = True
             else:
                 wait_until = at
-        reason_text = json.dumps(parsed.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False)
+        reason_text = json_text(parsed.model_dump(mode="json"), "suspend_reason")
 
         def decide(current: dict[str, Any] | None, _context: Entity | None) -> _Change:
             if current is None:
@@ -629,7 +685,7 @@ class WorkflowService:
 
         result = self._mutate(tenant, workflow_id, decide, read_context=True, if_match=if_match, now=now)
         props = result.props or {}
-        return Resumed(json.loads(result.context or "{}"), str(props["current_step"]), self._workflow(props))
+        return Resumed(json.loads(result.context or "{}"), _step_of(props), self._workflow(props))
 
     # -- ending
 
@@ -738,7 +794,8 @@ class WorkflowService:
         """
         check_tenant(tenant)
         check_id(event_id, "event_id")
-        _dumps(payload, "event payload", MAX_EVENT_PAYLOAD_BYTES)
+        # Merged two levels down (events.<event_id>), the context stays within the depth suspend accepts.
+        _dumps(payload, "event payload", MAX_EVENT_PAYLOAD_BYTES, max_depth=MAX_JSON_DEPTH - 2)
         summary_pk, summary_row = f"{tenant}|dl|{escape(event_id)}", None
         marker = None
         if delivery_id is not None:
@@ -901,7 +958,7 @@ class WorkflowsSuspendPayload(CommandPayload):
     workflow_id: str = Field(description="The workflow's id: 1-128 of letters, digits, '.', '_', ':', '-'.")
     workflow_name: str = Field(description="What kind of workflow it is; fixed at creation.")
     resource: str = Field(description="What it works on (e.g. a user or document id); fixed at creation.")
-    current_step: str = Field(description="The step to continue from on resume.")
+    current_step: CurrentStep
     context_state: dict[str, Any] = Field(description="Any JSON object; 'events' is reserved for delivered events.")
     suspend_reason: SuspendReason = Field(description="Why it waits.")
     resume_conditions: dict[str, Any] | None = Field(default=None, description="Any JSON object, up to 16,000 bytes.")

@@ -1,11 +1,16 @@
 """Azurite and moto server as processes on free loopback ports, for tests and benchmarks.
 
+moto runs under :mod:`tests.moto_serial`, which applies one request at a time:
+``moto_server`` serves requests concurrently and moto's DynamoDB transactions and
+S3 conditional writes are not atomic under concurrency (see that module).
+
 Both context managers raise :class:`EmulatorError` (with the emulator's log) when
 the emulator is missing, dies, or is not ready in time.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -138,15 +143,21 @@ class Moto:
 
 @contextmanager
 def start_moto(workdir: Path) -> Iterator[Moto]:
-    """moto server (S3, DynamoDB, SQS) on a free loopback port, with fake AWS credentials in the environment."""
-    executable = Path(sys.executable).parent / "moto_server"
-    if not executable.exists():
-        raise EmulatorError(f"moto_server is not installed at {executable}: pip install -r requirements-dev.txt")
+    """moto server (S3, DynamoDB, SQS) on a free loopback port, with fake AWS credentials in the environment.
+
+    Served by :mod:`tests.moto_serial` (one request at a time), not ``moto_server``.
+    """
+    missing = [name for name in ("moto", "flask", "werkzeug") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EmulatorError(f"moto server needs {', '.join(missing)} in {sys.executable}: "
+                            "pip install -r requirements-dev.txt")
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "moto.log"
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    proc = _spawn("moto_server", [str(executable), "-H", "127.0.0.1", "-p", str(port)], workdir, log)
+    # -P: the launcher's directory (tests/) is not put first on sys.path.
+    command = [sys.executable, "-P", str(Path(__file__).with_name("moto_serial.py")), "-H", "127.0.0.1", "-p", str(port)]
+    proc = _spawn("moto_server", command, workdir, log)
 
     def answers() -> bool:
         try:

@@ -119,3 +119,38 @@ def test_the_sample_settings_list_every_app_setting_with_a_working_local_value(t
     stores.ensure()
     stores.backend.ping()
     stores.close()
+
+
+def test_the_local_host_moves_an_undecodable_message_to_poison_unchanged(tmp_path):
+    """As the Functions host does: a body it cannot decode is never handed to the function."""
+    import contextlib
+    import sqlite3
+    import time
+
+    from functions import queue_commands
+    from functions.context import AppContext
+    from shared.host import QueueTrigger
+
+    context = AppContext(Settings(data_dir=tmp_path))
+    app = func.FunctionApp()
+    app.register_functions(queue_commands.blueprint(context))
+    [function] = app.get_functions()
+    backend = context.stores.backend
+    trigger = QueueTrigger(function, backend, QueueSettings())
+    # A valid envelope, but stored as bytes that are not UTF-8 by a foreign writer of the queue file.
+    envelope = json.dumps({"version": 1, "op": "objects.put", "tenant": "acme", "idempotency_key": "1",
+                           "payload": {"key": "hello", "text": "world"}}).encode() + b"\xff"
+    with contextlib.closing(sqlite3.connect(backend.table_db.path)) as conn, conn:
+        conn.execute("INSERT INTO messages (queue, id, body, visible_at, enqueued_at) VALUES (?, ?, ?, ?, ?)",
+                     (names.QUEUE_COMMANDS, "raw-1", envelope, time.time(), time.time()))
+    assert trigger.poll_once() == 1
+    assert backend.queue(names.QUEUE_COMMANDS).peek() == []
+    [moved] = backend.queue(names.QUEUE_COMMANDS_POISON).peek()
+    assert moved.body.startswith('{"version": 1') and moved.body.endswith("\ufffd")
+    import pytest
+
+    from shared.errors import NotFound
+
+    with pytest.raises(NotFound):
+        context.objects.get("acme", "hello")  # never applied
+    context.close()

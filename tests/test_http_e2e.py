@@ -65,7 +65,7 @@ def test_object_round_trip_with_etags_and_conditions(server):
         head = http.head(f"/api/v1/objects/{key}")
         assert head.status_code == 200 and head.headers["content-length"] == str(len(b'{"name":"CEO"}'))
 
-        _problem(http.put(f"/api/v1/objects/{key}", content=b"x", headers={"If-None-Match": "*"}), 409)
+        _problem(http.put(f"/api/v1/objects/{key}", content=b"x", headers={"If-None-Match": "*"}), 412)  # RFC 9110
         updated = http.put(f"/api/v1/objects/{key}", content=b"v2", headers={"If-Match": etag,
                                                                            "Content-Type": "text/plain"})
         assert updated.status_code == 200 and updated.headers["etag"] != etag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 
@@ -169,6 +170,32 @@ def test_bad_input_gets_400_or_422(server):
         problem(http.patch(message_url, json={"content": None}), 400)
         problem(http.patch(message_url, json={"contents": "typo"}), 422)
         assert http.get(message_url).json()["content"] == "x"
+
+
+def test_continuation_tokens_open_only_in_the_listing_that_issued_them(server):
+    resource = _resource()
+    deep = base64.urlsafe_b64encode(("[" * 5000 + "]" * 5000).encode()).decode().rstrip("=")
+    with server.client("alpha") as alpha, server.client("beta") as beta:
+        tid = _thread(alpha, resource)["thread_id"]
+        _thread(alpha, resource)
+        _thread(beta, resource)
+        _thread(beta, resource)
+        alpha.post(f"/api/v1/threads/{tid}/messages", json={"messages": [{"role": "user", "content": str(i)}
+                                                                         for i in range(4)]})
+        beta_tid = _thread(beta, resource, thread_id=tid)["thread_id"]
+        beta.post(f"/api/v1/threads/{beta_tid}/messages", json={"messages": [{"role": "user", "content": str(i)}
+                                                                             for i in range(4)]})
+        listed = alpha.get("/api/v1/threads", params={"resource": resource, "limit": 1}).json()["continuation"]
+        problem(beta.get("/api/v1/threads", params={"resource": resource, "continuation": listed}), 400)
+        history = alpha.get(f"/api/v1/threads/{tid}/messages", params={"limit": 2}).json()["continuation"]
+        problem(beta.get(f"/api/v1/threads/{tid}/messages", params={"continuation": history}), 400)
+        assert len(alpha.get(f"/api/v1/threads/{tid}/messages", params={"continuation": history}).json()["items"]) == 2
+        for token in (deep, deep + ".AAAAAAAAAAAAAAAAAAAAAA"):  # JSON nested 5,000 deep: refused unread
+            problem(alpha.get("/api/v1/threads", params={"resource": resource, "continuation": token}), 400)
+            problem(alpha.get(f"/api/v1/threads/{tid}/messages", params={"continuation": token}), 400)
+        # The parent's id is checked as the document states it: an empty one breaks its pattern.
+        problem(alpha.post(f"/api/v1/threads/{tid}/messages",
+                           json={"role": "tool", "content": "", "parent_message_id": ""}), 422)
 
 
 def test_queued_memory_commands_are_applied_by_the_running_worker(server):

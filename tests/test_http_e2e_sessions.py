@@ -165,7 +165,7 @@ def test_bad_requests_get_400_or_422_and_no_key_gets_401(server):
         problem(http.get("/api/v1/sessions/bad%20id"), 400)
         sid = _create(http, _user())["session_id"]
         problem(http.post(f"/api/v1/sessions/{sid}/metrics", json={"requests": -1}), 422)
-        problem(http.post(f"/api/v1/sessions/{sid}/end", json={"status": "active"}), 400)
+        problem(http.post(f"/api/v1/sessions/{sid}/end", json={"status": "active"}), 422)
         problem(http.post(f"/api/v1/sessions/{sid}/end", json={"status": "finished"}), 422)
     with server.client(None) as anonymous:
         problem(anonymous.get(f"/api/v1/sessions/{sid}"), 401)

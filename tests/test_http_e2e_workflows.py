@@ -214,3 +214,44 @@ def test_another_tenant_gets_404_on_every_endpoint(server):
         assert mine["context_state"] == {"secret": "alpha"} and not mine["ready"] and mine["status"] == "suspended"
         assert beta.post(f"{base}/resume").json()["context_state"] == {"secret": "beta"}
         assert alpha.post(f"{base}/resume").json()["context_state"] == {"secret": "alpha"}
+
+
+def test_seed_000_integer_step_index_round_trips_with_its_type(server):
+    indexed, named = unique(), unique()
+    with server.client("alpha") as http:
+        created = http.post(f"/api/v1/workflows/{indexed}/suspend", json=suspend_body(current_step=3))
+        assert created.status_code == 201, created.text
+        assert created.json()["current_step"] == 3
+        assert http.get(f"/api/v1/workflows/{indexed}").json()["current_step"] == 3
+        resumed = http.post(f"/api/v1/workflows/{indexed}/resume").json()
+        assert resumed["current_step"] == 3 and isinstance(resumed["current_step"], int)
+        assert http.post(f"/api/v1/workflows/{named}/suspend", json=suspend_body(current_step="3")).status_code == 201
+        assert http.post(f"/api/v1/workflows/{named}/resume").json()["current_step"] == "3"
+        for bad in (-1, 2**53, 1.5, True, "", None):
+            refused = http.post(f"/api/v1/workflows/{unique()}/suspend", json=suspend_body(current_step=bad))
+            assert refused.status_code in (400, 422), (bad, refused.text)
+            problem(refused, refused.status_code)
+
+
+def test_suspend_bodies_are_taken_or_refused_as_the_document_says(server):
+    spec = httpx.get(server.url + "/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    for name in ("WaitingForEvent", "WaitingForApproval", "ScheduledResume", "ManualResume"):
+        assert "kind" in schemas[name]["required"], name  # the discriminator: a body without it is refused
+    step = schemas["SuspendRequest"]["properties"]["current_step"]["anyOf"]
+    assert [branch["type"] for branch in step] == ["integer", "string"] and step[1]["pattern"]
+    assert schemas["ScheduledResume"]["properties"]["resume_at"]["type"] == "string"
+    with server.client("alpha") as http:
+        # Found by schemathesis: each was schema-valid but refused, or schema-invalid but taken.
+        whole = http.post(f"/api/v1/workflows/{unique()}/suspend", json=suspend_body(current_step=1305513.0))
+        assert whole.status_code == 201, whole.text
+        assert whole.json()["current_step"] == 1305513 and isinstance(whole.json()["current_step"], int)
+        no_kind = {"context_state": {}, "current_step": "0", "resource": "0", "suspend_reason": {"event_id": "0"},
+                   "workflow_name": "0"}
+        problem(http.post(f"/api/v1/workflows/{unique()}/suspend", json=no_kind), 422)
+        problem(http.post(f"/api/v1/workflows/{unique()}/suspend", json=suspend_body(current_step="a\x01b")), 422)
+        for epoch in (0, 1.9e9):
+            problem(http.post(f"/api/v1/workflows/{unique()}/suspend",
+                              json=suspend_body({"kind": "schedule", "resume_at": epoch})), 422)
+        for bad in (1.5, True, -1.0):
+            problem(http.post(f"/api/v1/workflows/{unique()}/suspend", json=suspend_body(current_step=bad)), 422)

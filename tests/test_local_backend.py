@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from shared.backends import TableOp
 from shared.backends.local import LocalBackend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +94,75 @@ def test_processes_sharing_a_data_dir_serialise_compare_and_swap(tmp_path):
         assert worker.wait(timeout=120) == 0
     assert backend.table("shared").get("counter", "c")["n"] == 120
     backend.close()
+
+
+# --------------------------------------------------------------------------- files: private from the start
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_fresh_data_dir_and_every_file_in_it_are_private_from_the_start(tmp_path):
+    from shared.backends import Entity
+    from shared.cli import DEV_KEY_FILE, ensure_dev_key
+    from shared.config import Settings
+    from shared.stores import Stores
+
+    data_dir = tmp_path / "fresh" / "data"
+    previous = os.umask(0o022)  # the usual umask, under which files would be 0644 by default
+    try:
+        stores = Stores.from_settings(Settings(backend="local", data_dir=data_dir))
+        stores.ensure()
+        key, made = ensure_dev_key(stores)
+        table = stores.backend.table("stowageobjects")
+        table.batch([TableOp.insert(Entity("p", f"r{i}")) for i in range(3)])
+        assert table.query("p", limit=1).continuation  # makes the token secret
+        stores.blobs().put("a", b"x")
+    finally:
+        os.umask(previous)
+    assert made and _mode(data_dir) == 0o700
+    files = {path.name: _mode(path) for path in data_dir.iterdir()}
+    expected = {"tables.sqlite3", "tables.sqlite3-wal", "tables.sqlite3-shm", "blobs.sqlite3", "blobs.sqlite3-wal",
+                "blobs.sqlite3-shm", "token-secret", DEV_KEY_FILE}
+    assert expected <= set(files), files
+    assert {name: mode for name, mode in files.items() if mode != 0o600} == {}
+    assert (data_dir / DEV_KEY_FILE).read_text().strip() == key
+    assert ensure_dev_key(stores) == (key, False)
+    stores.close()
+
+
+def test_database_files_of_an_older_version_lose_group_and_other_access(tmp_path):
+    for name in ("tables.sqlite3", "blobs.sqlite3"):
+        sqlite3.connect(tmp_path / name).close()
+        (tmp_path / name).chmod(0o644)
+    LocalBackend(tmp_path).close()
+    assert _mode(tmp_path / "tables.sqlite3") == 0o600 and _mode(tmp_path / "blobs.sqlite3") == 0o600
+
+
+SIGNER = textwrap.dedent("""
+    import sys
+    from shared.backends.local import LocalBackend
+    print(LocalBackend(sys.argv[1]).tokens.seal("scope", "state"), flush=True)
+""")
+
+
+def test_processes_sharing_a_data_dir_share_one_token_secret(tmp_path):
+    signers = [_python(SIGNER, str(tmp_path)) for _ in range(4)]  # racing to make the secret
+    tokens = set()
+    for signer in signers:
+        out, _ = signer.communicate(timeout=120)
+        assert signer.returncode == 0
+        tokens.add(out.strip())
+    assert len(tokens) == 1
+    assert LocalBackend(tmp_path).tokens.open("scope", tokens.pop()) == "state"
+    secret = tmp_path / "token-secret"
+    assert len(secret.read_bytes()) == 32 and _mode(secret) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".token-secret")] == []  # no drafts left
+
+
+def test_a_configured_token_secret_is_used_and_no_file_is_made(tmp_path):
+    backend = LocalBackend(tmp_path, token_secret="k" * 32)
+    token = backend.tokens.seal("scope", "state")
+    assert LocalBackend(tmp_path / "other", token_secret="k" * 32).tokens.open("scope", token) == "state"
+    assert not (tmp_path / "token-secret").exists()

@@ -43,7 +43,8 @@ def create_backend(settings: Settings) -> Backend:
     if settings.backend == "local":
         from shared.backends.local import LocalBackend
 
-        return LocalBackend(settings.data_dir, synchronous=settings.local_synchronous)
+        return LocalBackend(settings.data_dir, synchronous=settings.local_synchronous,
+                            token_secret=settings.token_secret)
     if settings.backend == "azure":
         from shared.backends.azure import AzureBackend, AzureOptions
 

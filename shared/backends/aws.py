@@ -7,7 +7,9 @@ Layout:
   and conditional requests are S3's ``IfMatch`` / ``IfNoneMatch``.
 * Tables: one DynamoDB table per logical table (``table_prefix + name``) with
   string keys ``pk`` (HASH) and ``rk`` (RANGE), on-demand capacity. Every write
-  stores a fresh ``etag`` attribute (uuid4 hex); conditions compare it.
+  stores a fresh ``etag`` attribute (uuid4 hex); conditions compare it. A write
+  DynamoDB turns away for colliding with a concurrent transaction is sent again a
+  few times, then is Busy (503); it never reads as a 409 Conflict.
 * Queues: one standard SQS queue per logical queue (``queue_prefix + name``).
 
 Property encoding in DynamoDB (so every type reads back as written):
@@ -37,11 +39,13 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
+import random
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,6 +59,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from shared import names
 from shared.backends.base import (
     Backend,
     Blob,
@@ -75,6 +80,7 @@ from shared.config import Settings
 from shared.errors import (
     AlreadyExists,
     BackendUnavailable,
+    Busy,
     Conflict,
     InvalidInput,
     NotFound,
@@ -92,7 +98,6 @@ _NOT_FOUND_CODES = frozenset({
 _PRECONDITION_CODES = frozenset({"412", "PreconditionFailed"})
 _CONFLICT_CODES = frozenset({
     "409", "ConditionalCheckFailedException", "ConditionalCheckFailed", "ConditionalRequestConflict",
-    "TransactionConflictException", "TransactionConflict", "TransactionInProgressException",
     "IdempotentParameterMismatchException", "ResourceInUseException", "BucketAlreadyExists", "OperationAborted",
     "QueueAlreadyExists", "QueueNameExists", "AWS.SimpleQueueService.QueueDeletedRecently", "QueueDeletedRecently",
 })
@@ -107,6 +112,20 @@ _INVALID_CODES = frozenset({
     "InvalidMessageContents", "ReceiptHandleIsInvalid", "AWS.SimpleQueueService.UnsupportedOperation",
     "UnsupportedOperation", "TooManyEntriesInBatchRequest", "BatchEntryIdsNotDistinct",
 })
+# DynamoDB turned the request away before applying any of it, for a reason that
+# passes: it collided with a concurrent transaction on an item ("TransactionConflict"
+# as a cancellation reason, TransactionConflictException for a single-item write), or
+# a transaction was throttled. botocore retries none of these, and sending the same
+# request again is safe, so the table store does (see _reissue).
+_REISSUE_CODES = frozenset({
+    "TransactionConflict", "TransactionConflictException", "ThrottlingError", "ProvisionedThroughputExceeded",
+})
+# The same for a caller, but already retried by botocore (or, for TransactionInProgress,
+# an earlier attempt with the same token may still commit): Busy, not sent again here.
+_BUSY_CODES = _REISSUE_CODES | {
+    "TransactionInProgressException", "ThrottlingException", "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+}
 # Our own credentials failing is a server fault (503), not the API caller's 401.
 _CREDENTIAL_CODES = frozenset({
     "403", "AccessDenied", "AccessDeniedException", "AllAccessDisabled", "InvalidAccessKeyId",
@@ -120,6 +139,20 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _reason(exc: ClientError) -> tuple[str, str]:
+    """The error code and message; for a cancelled transaction, those of the first
+    reason that is not "None" (batch callers interpret ConditionalCheckFailed per
+    operation before falling back to this)."""
+    code = _code(exc)
+    message = str(exc.response.get("Error", {}).get("Message", "")) or code
+    if code == "TransactionCanceledException":
+        for reason in exc.response.get("CancellationReasons", []) or []:
+            reason_code = str(reason.get("Code") or "None")
+            if reason_code != "None":
+                return reason_code, str(reason.get("Message") or reason_code)
+    return code, message
+
+
 def _translate(exc: ClientError | BotoCoreError, what: str) -> StowageError:
     """The one mapping from botocore errors to :mod:`shared.errors`; callers ``raise ... from exc``."""
     if isinstance(exc, ParamValidationError):
@@ -130,17 +163,10 @@ def _translate(exc: ClientError | BotoCoreError, what: str) -> StowageError:
         # EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
         # ConnectTimeoutError, ResponseStreamingError, WaiterError, ...
         return BackendUnavailable(f"{what}: {exc}")
-    code = _code(exc)
-    message = str(exc.response.get("Error", {}).get("Message", "")) or code
-    if code == "TransactionCanceledException":
-        # Name the first reason that is not "None"; batch callers interpret
-        # ConditionalCheckFailed per operation before falling back to this.
-        for reason in exc.response.get("CancellationReasons", []) or []:
-            reason_code = str(reason.get("Code") or "None")
-            if reason_code != "None":
-                code, message = reason_code, str(reason.get("Message") or reason_code)
-                break
+    code, message = _reason(exc)
     text = f"{what}: {message}"
+    if code in _BUSY_CODES:
+        return Busy(f"{text} ({code}); retry shortly")
     if code in _NOT_FOUND_CODES:
         return NotFound(text)
     if code in _PRECONDITION_CODES:
@@ -178,6 +204,31 @@ def _aws(what: str, special: SpecialCase | None = None) -> Iterator[None]:
         raise _translate(exc, what) from exc
 
 
+_REISSUE_ATTEMPTS = 6  # with the backoff below, about 0.3 s at most before Busy
+
+
+def _reissue(what: str, call: Callable[[], Any], special: SpecialCase | None = None) -> Any:
+    """``call()`` under :func:`_aws`, sent again (with jittered backoff) while DynamoDB
+    turns it away for a passing reason (``_REISSUE_CODES``: nothing was written). Every
+    domain's writes get this, not only those in an optimistic-concurrency loop. If the
+    collision was with a write that then committed, the next attempt fails its
+    condition and the caller sees PreconditionFailed as usual; if it keeps colliding,
+    Busy (503)."""
+    attempt = 0
+    while True:
+        try:
+            with _aws(what, special):
+                return call()
+        except Busy as exc:
+            cause = exc.__cause__
+            attempt += 1
+            if attempt >= _REISSUE_ATTEMPTS or not (
+                isinstance(cause, ClientError) and _reason(cause)[0] in _REISSUE_CODES
+            ):
+                raise
+        time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+
+
 # --------------------------------------------------------------------------- options
 
 _REGION = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)*-\d+$")
@@ -201,6 +252,9 @@ class AwsOptions:
     #: SQS queue name = this prefix + the logical queue name (at most 17 characters,
     #: so that prefix + a 63-character logical name fits SQS's 80).
     queue_prefix: str = ""
+    #: Signs continuation tokens; None keeps a generated one in the S3 object
+    #: ``names.TOKEN_SECRET_BLOB`` of the data container. Kept out of ``repr``.
+    token_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.region, str) or not _REGION.match(self.region):
@@ -231,6 +285,7 @@ class AwsOptions:
             bucket=settings.aws_bucket,
             table_prefix=settings.aws_table_prefix,
             queue_prefix=settings.aws_queue_prefix,
+            token_secret=settings.token_secret,
         )
 
 
@@ -243,7 +298,7 @@ class AwsBackend(Backend):
     kind = "aws"
 
     def __init__(self, options: AwsOptions) -> None:
-        super().__init__()
+        super().__init__(token_secret=options.token_secret)
         self.options = options
         config = Config(
             retries={"mode": "standard"},
@@ -266,6 +321,9 @@ class AwsBackend(Backend):
         """Close the HTTP connection pools."""
         for client in (self._s3, self._dynamodb, self._sqs):
             client.close()
+
+    def _load_token_secret(self) -> bytes:
+        return self._token_secret_blob(names.CONTAINER_DATA, names.TOKEN_SECRET_BLOB)
 
     def ping(self) -> None:
         """One cheap call per service; BackendUnavailable when any does not answer."""
@@ -645,14 +703,14 @@ class AwsTableStore(TableStore):
                 return _Done()
             return _condition_error(kind, entity, old)
 
+        def send() -> None:
+            if kind is OpKind.DELETE:
+                self._ddb.delete_item(TableName=self._table, Key=_key(entity.partition_key, entity.row_key), **condition)
+            else:
+                self._ddb.put_item(TableName=self._table, Item=_item(entity, etag), **condition)
+
         try:
-            with _aws(f"{kind.value} entity in {self.name}", failed):
-                if kind is OpKind.DELETE:
-                    self._ddb.delete_item(
-                        TableName=self._table, Key=_key(entity.partition_key, entity.row_key), **condition
-                    )
-                else:
-                    self._ddb.put_item(TableName=self._table, Item=_item(entity, etag), **condition)
+            _reissue(f"{kind.value} entity in {self.name}", send, failed)
         except _Done:
             pass
         return "" if kind is OpKind.DELETE else etag
@@ -758,9 +816,9 @@ class AwsTableStore(TableStore):
                     return _condition_error(op.kind, op.entity, reason.get("Item"))
             return None  # another reason (conflict, throttling, validation): the general mapping
 
-        # botocore fills ClientRequestToken, so its retries of this call are idempotent.
-        with _aws(f"batch in {self.name}", cancelled):
-            self._ddb.transact_write_items(TransactItems=actions)
+        # botocore fills ClientRequestToken, so its retries of this call are idempotent;
+        # a reissue after a cancellation is a new call with a new token.
+        _reissue(f"batch in {self.name}", lambda: self._ddb.transact_write_items(TransactItems=actions), cancelled)
         return etags
 
 
@@ -830,13 +888,18 @@ class AwsQueueStore(QueueStore):
 
     @staticmethod
     def _message(raw: dict[str, Any], keep_receipt: bool) -> QueueMessage:
+        """Our message of an SQS one. A body flagged base64 that does not decode (base64 of
+        UTF-8) comes back raw with ``decode_error`` set: one bad message never fails a receive."""
         body = raw.get("Body", "")
+        decode_error = None
         encoding = raw.get("MessageAttributes", {}).get(_ENCODING_ATTRIBUTE, {}).get("StringValue")
         if encoding == "base64":
             try:
                 body = base64.b64decode(body, validate=True).decode("utf-8")
-            except (ValueError, UnicodeDecodeError) as exc:  # binascii.Error is a ValueError
-                raise BackendUnavailable(f"message {raw['MessageId']} of a queue is not valid base64") from exc
+            except UnicodeDecodeError as exc:  # before ValueError, its base class
+                decode_error = f"flagged base64, but of bytes that are not UTF-8: {exc}"
+            except ValueError as exc:  # binascii.Error, or text that is not ASCII
+                decode_error = f"flagged base64, but not valid base64: {exc}"
         attributes = raw.get("Attributes", {})
         sent = attributes.get("SentTimestamp")
         return QueueMessage(
@@ -845,6 +908,7 @@ class AwsQueueStore(QueueStore):
             dequeue_count=int(attributes.get("ApproximateReceiveCount", "1")),
             receipt=raw["ReceiptHandle"] if keep_receipt else "",
             enqueued_at=datetime.fromtimestamp(int(sent) / 1000, tz=timezone.utc) if sent else None,
+            decode_error=decode_error,
         )
 
     def _delete(self, receipt: str) -> None:

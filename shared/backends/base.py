@@ -12,6 +12,19 @@ only :mod:`shared.errors` exceptions; each maps its SDK's errors in one place.
 
 Values above the per-property or per-message limits are not the primitives'
 business: :mod:`shared.backends.offload` moves them to blobs behind a reference.
+
+Continuation tokens are signed here, once, for every backend: the public
+``query``, ``scan`` and ``list`` wrap the backend's own token as
+``<backend token>.<tag>``, the tag being HMAC-SHA256 (first 16 bytes, base64url)
+under the backend's token secret over the listing's scope (table or container,
+partition, range or prefix) and the backend token. A token comes back in only
+through the same kind of listing with the same scope; anything else (tampered,
+truncated, another tenant's partition, garbage) is InvalidInput before the
+backend sees it. Services sign their own paging state the same way with
+:meth:`TableStore.sign_continuation`. The secret is the ``token_secret`` the
+backend was given (``STOWAGE_TOKEN_SECRET``) or one the backend keeps itself
+(:meth:`Backend._load_token_secret`), so every instance on the same storage
+accepts the others' tokens.
 """
 
 from __future__ import annotations
@@ -20,16 +33,20 @@ import base64
 import binascii
 import enum
 import functools
+import hashlib
+import hmac
 import json
 import math
 import re
+import secrets
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from shared.errors import InvalidInput, InvalidKey, NotFound, TooLarge
+from shared.errors import AlreadyExists, BackendUnavailable, InvalidInput, InvalidKey, NotFound, TooLarge
 
 T = TypeVar("T")
 
@@ -91,6 +108,76 @@ def decode_continuation(token: str) -> dict[str, Any]:
     return state
 
 
+BAD_TOKEN = "continuation token is not one this service issued for this listing; start the listing again without it"
+MIN_TOKEN_SECRET_BYTES = 16
+
+
+class TokenSigner:
+    """Signs continuation tokens and checks them on the way back in (HMAC-SHA256).
+
+    A signed token is ``<inner>.<tag>``: ``inner`` is the paging state (a backend's
+    own token, or a service's encoded state) and ``tag`` the first 16 bytes of
+    HMAC-SHA256(secret, scope NUL inner), base64url. ``scope`` names the listing
+    (kind, table or container, partition, bounds), so a token opens only in the
+    listing that issued it. Comparison is constant-time.
+    """
+
+    TAG_BYTES = 16
+    #: Longer tokens are refused unread (the longest real ones are a few hundred characters).
+    MAX_TOKEN_CHARS = 16 * 1024
+
+    def __init__(self, secret: bytes) -> None:
+        if not isinstance(secret, bytes) or len(secret) < MIN_TOKEN_SECRET_BYTES:
+            raise InvalidInput(f"the continuation token secret must be at least {MIN_TOKEN_SECRET_BYTES} bytes")
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return "TokenSigner(<secret>)"
+
+    @staticmethod
+    def scope(*parts: str | None) -> str:
+        """One unambiguous scope string from its parts (None and "" both mean "no bound")."""
+        return json.dumps([part or "" for part in parts], ensure_ascii=False, separators=(",", ":"))
+
+    def _tag(self, scope: str, inner: str) -> bytes:
+        message = scope.encode("utf-8", "surrogatepass") + b"\0" + inner.encode("utf-8", "surrogatepass")
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()[: self.TAG_BYTES]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=")
+
+    def seal(self, scope: str, inner: str) -> str:
+        """``inner`` with a tag that binds it to ``scope``."""
+        return f"{inner}.{self._tag(scope, inner).decode()}"
+
+    def open(self, scope: str, token: object) -> str:
+        """The inner token of a token :meth:`seal` made for this ``scope``; InvalidInput otherwise."""
+        if isinstance(token, str) and 0 < len(token) <= self.MAX_TOKEN_CHARS:
+            inner, dot, tag = token.rpartition(".")
+            if dot and inner:
+                expected = self._tag(scope, inner)
+                if hmac.compare_digest(expected, tag.encode("utf-8", "surrogatepass")):
+                    return inner
+        raise InvalidInput(BAD_TOKEN)
+
+
+class _SignsTokens:
+    """What a store needs to sign its listings' tokens: the backend that made it."""
+
+    #: Set by the :class:`Backend` that made the store; its secret signs the tokens.
+    _token_backend: Backend | None = None
+    #: A store made without a backend signs with a secret of its own, good for that object only.
+    _own_signer: TokenSigner | None = None
+
+    def _signer(self) -> TokenSigner:
+        if self._token_backend is not None:
+            return self._token_backend.tokens
+        if self._own_signer is None:
+            self._own_signer = TokenSigner(secrets.token_bytes(32))
+        return self._own_signer
+
+    def _signed(self, page: Page[T], signer: TokenSigner, scope: str) -> Page[T]:
+        return Page(page.items, signer.seal(scope, page.continuation) if page.continuation else None)
+
+
 def _check_limit(limit: int) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
@@ -107,14 +194,36 @@ def _utf8(value: str, what: str) -> bytes:
         raise InvalidKey(f"{what} is not valid unicode (lone surrogate)") from exc
 
 
+# Characters the Azure backend stores as two (see azure._encode_row_key): U+D7FF and U+E000..U+FFFF.
+_STORED_TWICE = re.compile("[\ud7ff\ue000-\uffff]")
+
+
+def table_key_size(value: str, what: str = "key") -> int:
+    """Bytes a table key takes in the strictest store: UTF-8 (DynamoDB) or UTF-16 (Azure),
+    whichever is larger, counting the characters the Azure backend stores as two twice.
+
+    Every key :func:`validate_table_key` accepts is at most :data:`MAX_TABLE_KEY_BYTES` by this
+    measure, so it fits every backend as stored. Raises InvalidKey for a lone surrogate.
+    """
+    if value.isascii():
+        return 2 * len(value)
+    utf8, utf16 = len(_utf8(value, what)), len(value.encode("utf-16-le"))
+    doubled = _STORED_TWICE.findall(value)
+    if doubled:  # each becomes U+D7FF (3 UTF-8 bytes, 2 UTF-16) + one CJK character (3, 2)
+        utf8 += sum(6 - len(ch.encode("utf-8")) for ch in doubled)
+        utf16 += 2 * len(doubled)
+    return max(utf8, utf16)
+
+
 def validate_table_key(value: str, what: str = "key") -> str:
-    """A partition or row key: non-empty text without control characters or / \\ # ?."""
+    """A partition or row key: non-empty text without control characters or / \\ # ?,
+    at most :data:`MAX_TABLE_KEY_BYTES` by :func:`table_key_size`."""
     if not isinstance(value, str) or not value:
         raise InvalidKey(f"{what} must be a non-empty string")
     if value.isascii():
         too_long = len(value) * 2 > MAX_TABLE_KEY_BYTES if len(value) > MAX_TABLE_KEY_BYTES // 2 else False
     else:
-        too_long = max(len(_utf8(value, what)), len(value.encode("utf-16-le"))) > MAX_TABLE_KEY_BYTES
+        too_long = table_key_size(value, what) > MAX_TABLE_KEY_BYTES
     if too_long:
         raise InvalidKey(f"{what} is longer than {MAX_TABLE_KEY_BYTES} bytes")
     if _CONTROL.search(value):
@@ -275,7 +384,7 @@ class Blob:
     data: bytes
 
 
-class BlobStore(ABC):
+class BlobStore(_SignsTokens, ABC):
     """Binary values by key in one container.
 
     ETags are opaque strings; compare them for equality only. An ETag changes
@@ -335,9 +444,14 @@ class BlobStore(ABC):
         type is "" and metadata empty on every backend (S3 listings have neither):
         use :meth:`head` for those.
         """
-        page = self._list(validate_blob_prefix(prefix), _check_limit(limit), continuation)
+        validate_blob_prefix(prefix)
+        _check_limit(limit)
+        signer = self._signer()
+        scope = TokenSigner.scope("list", self.container, prefix)
+        inner = signer.open(scope, continuation) if continuation else None
+        page = self._list(prefix, limit, inner)
         items = [replace(item, content_type="", metadata={}) for item in page.items]
-        return Page(items, page.continuation)
+        return self._signed(Page(items, page.continuation), signer, scope)
 
     def list_all(self, prefix: str = "") -> Iterator[BlobProperties]:
         """Every blob under ``prefix``, following continuation tokens."""
@@ -425,7 +539,7 @@ class TableOp:
         return cls(OpKind.DELETE, Entity(partition_key, row_key), if_match)
 
 
-class TableStore(ABC):
+class TableStore(_SignsTokens, ABC):
     """Entities by (partition key, row key) in one table.
 
     Writes replace the whole entity (no merge). Every write returns the new ETag;
@@ -469,16 +583,21 @@ class TableStore(ABC):
     ) -> Page[Entity]:
         """Entities of one partition in row-key order: ``prefix``, or ``start <= rk < end``."""
         validate_table_key(partition_key, "partition key")
+        for bound, what in ((start, "start"), (end, "end")):
+            if bound is not None and bound != "":
+                validate_table_key(bound, what)
         if prefix is not None:
             if start is not None or end is not None:
                 raise InvalidInput("give either prefix or start/end, not both")
             if prefix:
                 validate_table_key(prefix, "prefix")
                 start, end = prefix, prefix_upper_bound(prefix)
-        for bound, what in ((start, "start"), (end, "end")):
-            if bound is not None and bound != "":
-                validate_table_key(bound, what)
-        return self._query(partition_key, start or None, end or None, _check_limit(limit), continuation)
+        start, end = start or None, end or None
+        _check_limit(limit)
+        signer = self._signer()
+        scope = TokenSigner.scope("query", self.name, partition_key, start, end)
+        inner = signer.open(scope, continuation) if continuation else None
+        return self._signed(self._query(partition_key, start, end, limit, inner), signer, scope)
 
     def query_all(self, partition_key: str, **kwargs: Any) -> Iterator[Entity]:
         """Every entity :meth:`query` would return, following continuation tokens."""
@@ -492,7 +611,26 @@ class TableStore(ABC):
 
     def scan(self, *, limit: int = MAX_PAGE_SIZE, continuation: str | None = None) -> Page[Entity]:
         """Every entity of the table, all partitions, in no promised order. For maintenance."""
-        return self._scan(_check_limit(limit), continuation)
+        _check_limit(limit)
+        signer = self._signer()
+        scope = TokenSigner.scope("scan", self.name)
+        inner = signer.open(scope, continuation) if continuation else None
+        return self._signed(self._scan(limit, inner), signer, scope)
+
+    def sign_continuation(self, partition_key: str, state: dict[str, Any], *, purpose: str) -> str:
+        """A continuation token for a service's own paging ``state`` over ``partition_key``.
+
+        Signed like the tokens of :meth:`query`: :meth:`verify_continuation` gives the
+        state back only for this table, this partition and this ``purpose`` (a name
+        for the listing, e.g. "checkpoints"), and refuses anything else with InvalidInput.
+        """
+        scope = TokenSigner.scope("service", self.name, partition_key, purpose)
+        return self._signer().seal(scope, encode_continuation(state))
+
+    def verify_continuation(self, partition_key: str, token: str, *, purpose: str) -> dict[str, Any]:
+        """The state :meth:`sign_continuation` put into ``token`` for this partition and purpose."""
+        scope = TokenSigner.scope("service", self.name, partition_key, purpose)
+        return decode_continuation(self._signer().open(scope, token))
 
     def batch(self, operations: Sequence[TableOp]) -> list[str | None]:
         """Apply up to 100 operations on one partition atomically: all or nothing.
@@ -555,9 +693,45 @@ class TableStore(ABC):
     def _batch(self, operations: list[TableOp]) -> list[str | None]: ...
 
 
-def prefix_upper_bound(prefix: str) -> str:
-    """The smallest string greater than every string starting with ``prefix``."""
-    return prefix + "\U0010ffff"
+_MAX_CHAR = 0x10FFFF
+
+
+def _successor(code: int, usable: Callable[[int], bool]) -> int | None:
+    """The next code point above ``code`` that ``usable`` accepts (surrogates never), or None."""
+    code += 1
+    while code <= _MAX_CHAR:
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000
+        elif usable(code):
+            return code
+        else:
+            code += 1
+    return None
+
+
+def _table_key_char(code: int) -> bool:
+    ch = chr(code)
+    return not (_CONTROL.match(ch) or _TABLE_KEY_FORBIDDEN.match(ch))
+
+
+def prefix_upper_bound(prefix: str, *, table_keys: bool = True) -> str | None:
+    """An exclusive upper bound above every string that starts with ``prefix``, or None when
+    there is none (empty, or all U+10FFFF).
+
+    ``prefix`` with its last character that can grow replaced by its successor (trailing
+    U+10FFFF dropped), so strings holding U+10FFFF after the prefix are below it, on every
+    backend: each compares in code point order (SQLite and DynamoDB by UTF-8 bytes, Azure
+    through the order-preserving row key encoding). With ``table_keys`` the successor skips
+    characters no table key may hold (control characters, / \\ # ?), so the bound is itself a
+    valid table key and nothing a table can store lies between; blob keys may hold those,
+    so blob listings pass ``table_keys=False``.
+    """
+    usable = _table_key_char if table_keys else (lambda code: True)
+    for index in range(len(prefix) - 1, -1, -1):
+        successor = _successor(ord(prefix[index]), usable)
+        if successor is not None:
+            return prefix[:index] + chr(successor)
+    return None
 
 
 # --------------------------------------------------------------------------- queues
@@ -565,13 +739,28 @@ def prefix_upper_bound(prefix: str) -> str:
 
 @dataclass(frozen=True)
 class QueueMessage:
-    """A received message. ``receipt`` deletes or extends it while it is invisible."""
+    """A received message. ``receipt`` deletes or extends it while it is invisible.
+
+    A message whose stored form cannot be decoded (written by some other producer:
+    on Azure, text that is not base64 of UTF-8; on SQS, a body flagged base64 that
+    is not; locally, a stored value that is not UTF-8) does not fail the receive
+    or peek. It comes back with ``decode_error`` saying what failed, and ``body``
+    is its raw stored text as it is (Azure, SQS: not base64-decoded), or locally
+    its bytes decoded as UTF-8 with ``errors="replace"``. Otherwise ``decode_error``
+    is None.
+    """
 
     id: str
     body: str
     dequeue_count: int
     receipt: str
     enqueued_at: datetime | None = None
+    decode_error: str | None = None
+
+    @property
+    def undecodable(self) -> bool:
+        """True when ``body`` is the raw stored form, not a decoded message (see ``decode_error``)."""
+        return self.decode_error is not None
 
 
 class QueueStore(ABC):
@@ -579,6 +768,8 @@ class QueueStore(ABC):
 
     A received message is invisible for ``visibility_timeout`` seconds and comes
     back with a higher ``dequeue_count`` unless deleted by its receipt first.
+    Receive and peek return every message, undecodable ones included
+    (:attr:`QueueMessage.decode_error`).
     """
 
     def __init__(self, name: str) -> None:
@@ -661,21 +852,72 @@ class Backend(ABC):
     #: "local", "azure" or "aws".
     kind: str = ""
 
-    def __init__(self) -> None:
+    def __init__(self, *, token_secret: str | bytes | None = None) -> None:
+        """``token_secret``: signs continuation tokens (at least 16 bytes); None: the backend's own."""
         self._blobs: dict[str, BlobStore] = {}
         self._tables: dict[str, TableStore] = {}
         self._queues: dict[str, QueueStore] = {}
+        secret = token_secret.encode("utf-8") if isinstance(token_secret, str) else token_secret
+        self._token_signer = TokenSigner(secret) if secret else None
+        self._token_lock = threading.Lock()
+
+    @property
+    def tokens(self) -> TokenSigner:
+        """Signs and checks continuation tokens. Without a ``token_secret`` the secret is
+        the backend's own (:meth:`_load_token_secret`), read once, on first use."""
+        signer = self._token_signer
+        if signer is None:
+            with self._token_lock:
+                if self._token_signer is None:
+                    self._token_signer = TokenSigner(self._load_token_secret())
+                signer = self._token_signer
+        return signer
+
+    def _load_token_secret(self) -> bytes:
+        """The secret every instance on this storage shares (local: a file; clouds: a blob)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no token secret of its own: give token_secret")
+
+    def _token_secret_blob(self, container: str, key: str) -> bytes:
+        """A secret kept in a blob: read it, or make one with a create-only write so that
+        every instance that races here ends up with the same one."""
+        store = self.blobs(container)
+        for attempt in range(3):
+            try:
+                data = store.get(key).data
+            except NotFound:
+                candidate = secrets.token_bytes(32)
+                try:
+                    store.put(key, candidate, if_none_match=True)
+                except AlreadyExists:
+                    continue  # another instance made it first: read theirs
+                except NotFound:
+                    if attempt:
+                        raise
+                    self._ensure_container(container)  # a fresh account: the container comes first
+                    continue
+                return candidate
+            if len(data) < MIN_TOKEN_SECRET_BYTES:
+                raise BackendUnavailable(
+                    f"the continuation token secret in blob {key!r} of {container!r} is damaged "
+                    f"({len(data)} bytes); delete it to have a new one made, or set a token secret"
+                )
+            return data
+        raise BackendUnavailable(f"could not read or create the continuation token secret {key!r} of {container!r}")
 
     def blobs(self, container: str) -> BlobStore:
         store = self._blobs.get(container)
         if store is None:
-            store = self._blobs[container] = self._make_blobs(validate_resource_name(container, "container"))
+            store = self._make_blobs(validate_resource_name(container, "container"))
+            store._token_backend = self
+            self._blobs[container] = store
         return store
 
     def table(self, name: str) -> TableStore:
         store = self._tables.get(name)
         if store is None:
-            store = self._tables[name] = self._make_table(validate_resource_name(name, "table"))
+            store = self._make_table(validate_resource_name(name, "table"))
+            store._token_backend = self
+            self._tables[name] = store
         return store
 
     def queue(self, name: str) -> QueueStore:

@@ -12,6 +12,14 @@ file locks serialise writers, and ``busy_timeout`` makes them wait their turn.
 
 Limits: one machine; writers are serialised per file (tens of thousands of small
 writes a second, see docs/performance.md).
+
+Files: the data directory is created 0700 and every file in it 0600 from the start
+(the SQLite files are created empty with that mode before SQLite opens them, and
+SQLite gives its ``-wal`` and ``-shm`` files the mode of their database), since they
+hold every tenant's data and the API key digests. ``token-secret`` holds the
+continuation-token secret when ``STOWAGE_TOKEN_SECRET`` is not set: 32 random bytes,
+made by the first process and published with a hard link, so every process sharing
+the directory reads the same complete secret.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import contextlib
 import json
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -89,6 +98,54 @@ def _translated() -> Iterator[None]:
         raise BackendUnavailable(f"local store is damaged or unreadable: {exc}") from exc
 
 
+TOKEN_SECRET_FILE = "token-secret"
+
+
+def _create_private(path: Path) -> None:
+    """Create the database ``path`` empty with mode 0600 unless it exists. One that exists, and
+    its -wal and -shm files, lose group and other access (older versions made them 0644)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return
+    except FileExistsError:
+        pass
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if name.stat().st_mode & 0o077:
+                name.chmod(0o600)
+
+
+def _read_or_make_secret(path: Path) -> bytes:
+    """The secret in ``path``, or a new one written there atomically if there is none."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_bytes(32)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(secret)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(draft, path)  # atomic and never replaces: the first process to link wins
+        except FileExistsError:
+            return path.read_bytes()
+        except OSError:  # no hard links here: create-only, complete before anyone can read it is not promised
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                return path.read_bytes()
+            with os.fdopen(fd, "wb") as out:
+                out.write(secret)
+        return secret
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(draft)
+
+
 def _new_etag() -> str:
     return os.urandom(12).hex()
 
@@ -112,6 +169,10 @@ class _Database:
     def __init__(self, path: Path, schema: str, synchronous: str) -> None:
         self.path = path
         self._synchronous = synchronous
+        try:
+            _create_private(path)  # before SQLite creates it with the umask's mode
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot create {path}: {exc}") from exc
         self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         self._write_lock = threading.Lock()
         self._closed = False
@@ -265,12 +326,17 @@ class LocalBlobStore(BlobStore):
 
     def _list(self, prefix, limit, continuation) -> Page[BlobProperties]:
         after = decode_continuation(continuation).get("after", "") if continuation else ""
+        if not isinstance(after, str):
+            raise InvalidInput("continuation token is not one this service issued")
         low = max(prefix, after)
-        rows = self._db.read(
-            "SELECT key, length(data), content_type, metadata, etag, last_modified FROM blobs "
-            "WHERE container=? AND key>=? AND key<? AND key>? ORDER BY key LIMIT ?",
-            (self.container, low, prefix_upper_bound(prefix), after, limit + 1),
-        )
+        sql = ("SELECT key, length(data), content_type, metadata, etag, last_modified FROM blobs "
+               "WHERE container=? AND key>=? AND key>?")
+        params: list = [self.container, low, after]
+        bound = prefix_upper_bound(prefix, table_keys=False)
+        if bound is not None:
+            sql += " AND key<?"
+            params.append(bound)
+        rows = self._db.read(sql + " ORDER BY key LIMIT ?", (*params, limit + 1))
         items = [self._props(*row) for row in rows[:limit]]
         token = encode_continuation({"after": items[-1].key}) if len(rows) > limit else None
         return Page(items, token)
@@ -388,6 +454,20 @@ class LocalTableStore(TableStore):
         return Page(items, token)
 
 
+# Bodies are read as bytes and decoded here: sqlite3 fails the whole query on one TEXT
+# value that is not UTF-8, and a BLOB would come back as bytes (another writer of the file).
+_RAW_BODY = "CAST(body AS BLOB)"
+
+
+def _message(message_id: str, raw: bytes, count: int, receipt: str, enqueued: float) -> QueueMessage:
+    """A stored message; a body that is not UTF-8 is decoded with replacements, and ``decode_error`` says so."""
+    try:
+        body, error = raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        body, error = raw.decode("utf-8", errors="replace"), f"not UTF-8 text: {exc}"
+    return QueueMessage(message_id, body, count, receipt, _utc(enqueued), decode_error=error)
+
+
 class LocalQueueStore(QueueStore):
     def __init__(self, name: str, backend: LocalBackend) -> None:
         super().__init__(name)
@@ -410,27 +490,27 @@ class LocalQueueStore(QueueStore):
         received = []
         with self._db.write() as conn:
             rows = conn.execute(
-                "SELECT seq, id, body, dequeue_count, enqueued_at FROM messages "
+                f"SELECT seq, id, {_RAW_BODY}, dequeue_count, enqueued_at FROM messages "
                 "WHERE queue=? AND visible_at<=? ORDER BY visible_at, seq LIMIT ?",
                 (self.name, now, max_messages),
             ).fetchall()
-            for seq, message_id, body, count, enqueued in rows:
+            for seq, message_id, raw, count, enqueued in rows:
                 pop = uuid.uuid4().hex
                 conn.execute(
                     "UPDATE messages SET visible_at=?, dequeue_count=?, pop=? WHERE seq=?",
                     (now + visibility_timeout, count + 1, pop, seq),
                 )
-                received.append(QueueMessage(message_id, body, count + 1, f"{message_id}:{pop}", _utc(enqueued)))
+                received.append(_message(message_id, raw, count + 1, f"{message_id}:{pop}", enqueued))
         return received
 
     def _peek(self, max_messages) -> list[QueueMessage]:
         self._backend.require_queue(self.name)
         rows = self._db.read(
-            "SELECT id, body, dequeue_count, enqueued_at FROM messages "
+            f"SELECT id, {_RAW_BODY}, dequeue_count, enqueued_at FROM messages "
             "WHERE queue=? AND visible_at<=? ORDER BY visible_at, seq LIMIT ?",
             (self.name, time.time(), max_messages),
         )
-        return [QueueMessage(i, body, count, "", _utc(enqueued)) for i, body, count, enqueued in rows]
+        return [_message(i, raw, count, "", enqueued) for i, raw, count, enqueued in rows]
 
     @staticmethod
     def _split(receipt: str) -> tuple[str, str]:
@@ -467,13 +547,16 @@ class LocalBackend(Backend):
 
     kind = "local"
 
-    def __init__(self, data_dir: Path | str, *, synchronous: str = "NORMAL") -> None:
-        super().__init__()
+    def __init__(self, data_dir: Path | str, *, synchronous: str = "NORMAL",
+                 token_secret: str | bytes | None = None) -> None:
+        """``token_secret``: signs continuation tokens; None keeps one in ``data_dir/token-secret``."""
+        super().__init__(token_secret=token_secret)
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise InvalidInput("synchronous must be NORMAL or FULL")
         self.data_dir = Path(data_dir)
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # 0700 for a new directory (an existing one is the user's choice and keeps its mode).
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise BackendUnavailable(f"cannot create data directory {self.data_dir}: {exc}") from exc
         self.table_db = _Database(self.data_dir / "tables.sqlite3", _TABLES_SCHEMA, synchronous.upper())
@@ -517,6 +600,16 @@ class LocalBackend(Backend):
     def _ensure_queue(self, name: str) -> None:
         with self.table_db.write() as conn:
             conn.execute("INSERT OR IGNORE INTO known_queues VALUES (?)", (name,))
+
+    def _load_token_secret(self) -> bytes:
+        path = self.data_dir / TOKEN_SECRET_FILE
+        try:
+            secret = _read_or_make_secret(path)
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot read or create {path}: {exc}") from exc
+        if len(secret) < 16:
+            raise BackendUnavailable(f"{path} is damaged ({len(secret)} bytes); delete it to have a new one made")
+        return secret
 
     def ping(self) -> None:
         self.table_db.read("SELECT 1")

@@ -11,6 +11,13 @@ Formats (versioned, so they can evolve):
   ``{"name": {"ref": "blob:v1:<key>", "type": "str" | "bytes"}}``;
 * message: the body is JSON ``{"$claimCheck": "blob:v1:<key>"}``.
 
+Where the blobs live, and what a reader accepts: table values under
+``offload/tables/<table>/``, queue messages under ``offload/queues/<queue>/``
+(:func:`queue_offload_prefix`). A claim check is resolved only when its key is
+under the receiving queue's own prefix (:func:`check_ref`): a message that names
+any other blob is delivered as the text it is, and deleting it deletes no blob,
+so a message cannot make a reader fetch, or destroy, data it does not own.
+
 Write order keeps readers safe: the blob is written before the entity or
 message that points at it, and an old blob is deleted only after the entity no
 longer points at it. A crash in between leaves an unreferenced blob, never a
@@ -37,8 +44,9 @@ from shared.backends.base import (
     TableOp,
     TableStore,
     property_size,
+    validate_blob_key,
 )
-from shared.errors import NotFound
+from shared.errors import InvalidKey, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,35 @@ def parse_ref(ref: str) -> str:
     if not isinstance(ref, str) or not ref.startswith(REF_PREFIX):
         raise ValueError(f"not a blob reference: {ref!r}")
     return ref[len(REF_PREFIX):]
+
+
+def check_ref(ref: object, prefix: str) -> str:
+    """The blob key ``ref`` names, if it is a well-formed reference to a blob under ``prefix``.
+
+    The one rule for references that arrive from outside (queue messages): the
+    text must be ``blob:v1:<key>``, the key a valid blob key (no empty, ``.`` or
+    ``..`` segment, no backslash or control character) and strictly under
+    ``prefix``, which ends with ``/``. ValueError says which part failed; nothing
+    is read.
+    """
+    if not prefix.endswith("/"):
+        raise ValueError(f"allowed prefix {prefix!r} must end with '/'")
+    shown = ref if not isinstance(ref, str) or len(ref) <= 200 else ref[:200] + "…"
+    if not isinstance(ref, str) or not ref.startswith(REF_PREFIX):
+        raise ValueError(f"{shown!r} is not a '{REF_PREFIX}<key>' reference")
+    key = ref[len(REF_PREFIX):]
+    try:
+        validate_blob_key(key)
+    except InvalidKey as exc:
+        raise ValueError(f"{shown!r} is not a valid blob key: {exc}") from None
+    if not key.startswith(prefix) or len(key) == len(prefix):
+        raise ValueError(f"{shown!r} is outside {REF_PREFIX}{prefix}, the only place it may point")
+    return key
+
+
+def queue_offload_prefix(queue_name: str) -> str:
+    """Where the claim-check blobs of ``queue_name`` live (and the only place its claim checks may point)."""
+    return f"offload/queues/{queue_name}/"
 
 
 class _BlobSide:
@@ -237,16 +274,20 @@ class OffloadingTable:
 class OffloadingQueue:
     """A :class:`QueueStore` whose messages may be of any size.
 
-    A body above ``threshold`` bytes goes to a blob; the message carries
+    A body above ``threshold`` bytes goes to a blob under
+    :func:`queue_offload_prefix`; the message carries
     ``{"$claimCheck": "blob:v1:<key>"}``. Receiving resolves it, and deleting the
-    message by its receipt deletes the blob.
+    message by its receipt deletes the blob. A claim check that points anywhere
+    else is not resolved: the message comes back as it is, and deleting it
+    deletes only the message.
     """
 
     def __init__(self, queue: QueueStore, blobs: BlobStore, threshold: int) -> None:
         self.queue = queue
         self.name = queue.name
         self.threshold = threshold
-        self._side = _BlobSide(blobs, f"offload/queues/{queue.name}")
+        self.prefix = queue_offload_prefix(queue.name)
+        self._side = _BlobSide(blobs, self.prefix.rstrip("/"))
 
     def send(self, body: str, *, delay_seconds: int = 0) -> str:
         data = body.encode("utf-8")
@@ -260,8 +301,15 @@ class OffloadingQueue:
             raise
 
     def _resolve(self, message: QueueMessage) -> QueueMessage:
+        if message.undecodable:
+            return message  # shown raw as it is; a reference inside it is never followed
         ref = claim_check_ref(message.body)
         if ref is None:
+            return message
+        try:
+            check_ref(ref, self.prefix)
+        except ValueError as exc:
+            log.warning("message %s of %s: claim check not resolved: %s", message.id, self.name, exc)
             return message
         try:
             body = self._side.read(ref).decode("utf-8")
@@ -296,7 +344,7 @@ def claim_check_ref(body: str) -> str | None:
         return None
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse: not a claim check
         return None
     if isinstance(document, dict) and len(document) == 1 and isinstance(document.get(CLAIM_CHECK_FIELD), str):
         return document[CLAIM_CHECK_FIELD]

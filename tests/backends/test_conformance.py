@@ -10,7 +10,9 @@ timeouts, send delays), always as polls with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sqlite3
 import threading
 import time
 import uuid
@@ -1197,6 +1199,66 @@ def test_queue_approximate_length(queue: QueueStore) -> None:
     wait_for_length(queue, 3)  # hidden messages still count
     queue.delete(message.receipt)
     wait_for_length(queue, 2)
+
+
+def post_undecodable(backend: Backend, settings: Any, queue_name: str) -> list[str]:
+    """Post messages ``backend`` cannot decode with its storage's own client, as a foreign producer
+    would; returns the bodies a receive must hand back for them.
+
+    Azure: raw text, not base64 (the SDK's default policy encodes nothing), and base64 of bytes
+    that are not UTF-8: both come back as the raw text. SQS bodies are always text; what the backend
+    decodes is a body flagged with its base64 attribute, so: flagged but not base64, and base64 of
+    bytes that are not UTF-8, both raw. Local: another writer of the SQLite file can store bytes that
+    are not UTF-8, as TEXT or as a BLOB; they come back decoded with errors="replace".
+    """
+    raw = ["not base64!! <&>", "//79"]  # "//79" is base64 of b"\xff\xfe\xfd"
+    if backend.kind == "azure":
+        from azure.storage.queue import QueueClient
+
+        with QueueClient.from_connection_string(settings.azure_connection_string, queue_name) as client:
+            for text in raw:
+                client.send_message(text)
+        return raw
+    if backend.kind == "aws":
+        flagged = {"stowage-encoding": {"DataType": "String", "StringValue": "base64"}}
+        for text in raw:
+            backend._sqs.send_message(  # type: ignore[attr-defined]
+                QueueUrl=backend._queue_url(queue_name), MessageBody=text, MessageAttributes=flagged  # type: ignore[attr-defined]
+            )
+        return raw
+    assert backend.kind == "local"
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(backend.table_db.path)) as conn, conn:  # type: ignore[attr-defined]
+        for value in ("CAST(? AS TEXT)", "?"):
+            conn.execute(
+                f"INSERT INTO messages (queue, id, body, visible_at, enqueued_at) VALUES (?, ?, {value}, ?, ?)",
+                (queue_name, uuid.uuid4().hex, b"not utf-8 \xff\xfe!!", now, now),
+            )
+    return ["not utf-8 \ufffd\ufffd!!"] * 2
+
+
+def test_queue_undecodable_messages_come_back_raw_and_marked(backend: Backend, settings, queue: QueueStore) -> None:
+    queue.send("fine")
+    expected = post_undecodable(backend, settings, queue.name)
+    queue.send("eyJiYXNlNjQiOiJsb29raW5nIn0=")
+    count = len(expected) + 2
+
+    def peek_all() -> list[QueueMessage]:
+        seen = queue.peek()
+        return seen if len(seen) == count else []
+
+    peeked = poll(peek_all, what="every message, peeked")
+    received = drain(queue, count)
+    for got in (peeked, received):
+        good = sorted((m.body, m.decode_error, m.undecodable) for m in got if m.decode_error is None)
+        assert good == [("eyJiYXNlNjQiOiJsb29raW5nIn0=", None, False), ("fine", None, False)]
+        bad = [m for m in got if m.decode_error is not None]
+        assert sorted(m.body for m in bad) == sorted(expected)
+        assert all(m.undecodable and isinstance(m.decode_error, str) and m.decode_error for m in bad)
+    assert all(m.receipt for m in received)
+    for message in received:
+        queue.delete(message.receipt)
+    wait_for_length(queue, 0)
 
 
 def test_queue_invalid_arguments(queue: QueueStore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -451,6 +452,61 @@ def test_tenants_never_see_each_other(memory, tenant):
     mine = memory.get_thread(tenant, thread)
     assert mine.title == "mine" and mine.message_count == 1
     assert memory.get_message(tenant, thread, message.message_id).content == "secret"
+
+
+def _tampered(token: str) -> list[str]:
+    """Variants of a signed token: its state changed (tag kept), its tag changed, the tag dropped."""
+    inner, _, tag = token.rpartition(".")
+    state = json.loads(base64.urlsafe_b64decode(inner + "=" * (-len(inner) % 4)))
+    state = {key: (value + 1 if isinstance(value, int) and not isinstance(value, bool) else value)
+             for key, value in state.items()}
+    if "after" in state:
+        state["after"] = "0"
+    forged = base64.urlsafe_b64encode(json.dumps(state).encode()).decode().rstrip("=")
+    flipped = tag[:-1] + ("A" if tag[-1] != "A" else "B")
+    return [f"{forged}.{tag}", f"{inner}.{flipped}", inner, forged, ""]
+
+
+def _deep_json_token(depth: int = 5000) -> str:
+    """A base64 token holding JSON nested ``depth`` deep: json.loads of it would recurse too far."""
+    text = "[" * depth + "]" * depth
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def test_thread_listing_tokens_open_only_in_the_listing_that_issued_them(memory, tenant):
+    other = tenant + "x"
+    for owner in (tenant, other):
+        for _ in range(3):
+            memory.create_thread(owner, "user_1")
+    token = memory.list_threads(tenant, "user_1", limit=1).continuation
+    assert token and len(memory.list_threads(tenant, "user_1", continuation=token).items) == 2
+    # Tenant B cannot page on with tenant A's token, though it lists the same resource name.
+    with pytest.raises(InvalidInput):
+        memory.list_threads(other, "user_1", continuation=token)
+    with pytest.raises(InvalidInput):
+        memory.list_threads(tenant, "user_2", continuation=token)
+    for bad in [*_tampered(token), _deep_json_token(), _deep_json_token() + ".AAAAAAAAAAAAAAAAAAAAAA"]:
+        with pytest.raises(InvalidInput):
+            memory.list_threads(tenant, "user_1", continuation=bad)
+
+
+def test_history_tokens_open_only_for_the_thread_that_issued_them(memory, tenant):
+    other = tenant + "x"
+    thread_x = memory.create_thread(tenant, "user_1", thread_id="x").thread_id
+    thread_y = memory.create_thread(tenant, "user_1", thread_id="y").thread_id
+    memory.create_thread(other, "user_1", thread_id="x")
+    for owner, thread in ((tenant, thread_x), (tenant, thread_y), (other, thread_x)):
+        memory.add_messages(owner, thread, _say(5))
+    for kwargs in ({"limit": 2}, {"last": 2}, {"limit": 2, "order": "desc"}):
+        token = memory.history(tenant, thread_x, **kwargs).continuation
+        assert token and memory.history(tenant, thread_x, continuation=token).items
+        with pytest.raises(InvalidInput):
+            memory.history(tenant, thread_y, continuation=token)  # another thread of the tenant
+        with pytest.raises(InvalidInput):
+            memory.history(other, thread_x, continuation=token)  # the same thread id of another tenant
+        for bad in [*_tampered(token), _deep_json_token(), _deep_json_token() + ".AAAAAAAAAAAAAAAAAAAAAA"]:
+            with pytest.raises(InvalidInput):
+                memory.history(tenant, thread_x, continuation=bad)
 
 
 # --------------------------------------------------------------------------- commands and facade

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
 
 from shared import names
-from shared.errors import AlreadyExists, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
+from shared.errors import InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
 from shared.manager import StorageManager
 from shared.objects import INLINE_MAX_BYTES, ObjectService
 
@@ -53,7 +54,7 @@ def test_every_overwrite_keeps_the_previous_version_unchanged(objects, tenant):
 
 def test_if_match_and_if_none_match(objects, tenant):
     created = objects.put(tenant, "k", b"1", if_none_match=True)
-    with pytest.raises(AlreadyExists):
+    with pytest.raises(PreconditionFailed):  # RFC 9110: a failed If-None-Match on a write is 412
         objects.put(tenant, "k", b"2", if_none_match=True)
     updated = objects.put(tenant, "k", b"2", if_match=created.version_id)
     with pytest.raises(PreconditionFailed):
@@ -157,6 +158,15 @@ def test_idempotency_key_applies_a_write_once(objects, tenant):
     assert len(objects.versions(tenant, "k").items) == 1
 
 
+def test_a_replay_after_the_object_was_deleted_answers_the_first_result(objects, tenant):
+    first = objects.put(tenant, "gone", b"123", "text/plain", idempotency_key="req-2")
+    objects.delete(tenant, "gone")
+    again = objects.put(tenant, "gone", b"123", "text/plain", idempotency_key="req-2")
+    assert again == first  # the first answer, from the marker: no 500, no new write
+    with pytest.raises(NotFound):
+        objects.get(tenant, "gone")
+
+
 def test_ttl_expires_reads_at_once_and_the_purge_deletes(objects, tenant):
     import time
 
@@ -216,3 +226,224 @@ def test_expiry_is_spread_over_shards_and_purged_in_bounded_runs(objects, stores
             break
     assert objects.list(tenant, "temp/").items == []
     assert [i.key for i in objects.list(tenant).items] == ["keep"]
+
+
+# --------------------------------------------------------------------------- If-Match: * (RFC 9110)
+
+
+def test_if_match_star_needs_the_object_and_if_none_match_star_its_absence(objects, tenant):
+    with pytest.raises(PreconditionFailed):
+        objects.put(tenant, "k", b"1", if_match="*")
+    with pytest.raises(PreconditionFailed):
+        objects.delete(tenant, "k", if_match="*")
+    with pytest.raises(NotFound):
+        objects.get(tenant, "k")
+    created = objects.put(tenant, "k", b"1", if_none_match=True)
+    updated = objects.put(tenant, "k", b"2", if_match="*")
+    assert updated.version_id != created.version_id and objects.get(tenant, "k").data == b"2"
+    with pytest.raises(PreconditionFailed):
+        objects.put(tenant, "k", b"3", if_none_match=True)
+    objects.delete(tenant, "k", if_match="*")
+    with pytest.raises(NotFound):
+        objects.get(tenant, "k")
+    with pytest.raises(PreconditionFailed):
+        objects.delete(tenant, "k", if_match="*")
+
+
+# --------------------------------------------------------------------------- TTL, with a clock the test moves
+
+
+class Clock:
+    """Epoch seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def timed(stores, clock) -> ObjectService:
+    return ObjectService(stores, clock=clock)
+
+
+def _rows(stores, tenant: str) -> list[str]:
+    return [e.row_key for e in stores.backend.table(names.TABLE_OBJECTS).query_all(tenant)]
+
+
+def _blob_keys(stores, tenant: str) -> list[str]:
+    return [b.key for b in stores.blobs(names.CONTAINER_DATA).list_all(f"tenants/{tenant}/")]
+
+
+BIG = b"b" * (INLINE_MAX_BYTES + 1)  # stored as a blob
+
+
+def test_an_expired_old_version_is_gone_from_every_read_and_the_purge_deletes_it(timed, stores, clock, tenant):
+    old = timed.put(tenant, "k", BIG, ttl_seconds=60)
+    new = timed.put(tenant, "k", b"new")  # rewritten before the TTL passes
+    assert [v.version_id for v in timed.versions(tenant, "k").items] == [new.version_id, old.version_id]
+    assert timed.get(tenant, "k", old.version_id).data == BIG
+    clock.advance(61)
+    for read in (timed.get, timed.head):
+        with pytest.raises(NotFound):
+            read(tenant, "k", old.version_id)
+    assert [v.version_id for v in timed.versions(tenant, "k").items] == [new.version_id]
+    assert timed.get(tenant, "k").data == b"new"
+    assert len(_blob_keys(stores, tenant)) == 1
+    assert timed.purge_expired() >= 1
+    assert not any(old.version_id in rk for rk in _rows(stores, tenant))
+    assert _blob_keys(stores, tenant) == []
+    assert timed.get(tenant, "k").data == b"new"
+    assert [v.version_id for v in timed.versions(tenant, "k").items] == [new.version_id]
+
+
+def test_an_expired_current_version_takes_the_whole_object_even_when_rewritten_before_the_purge(
+        timed, stores, clock, tenant):
+    first = timed.put(tenant, "k", BIG)  # no TTL of its own
+    timed.put(tenant, "k", BIG, ttl_seconds=60)
+    clock.advance(60.01)
+    for read in (lambda: timed.get(tenant, "k"), lambda: timed.head(tenant, "k"),
+                 lambda: timed.get(tenant, "k", first.version_id), lambda: timed.versions(tenant, "k")):
+        with pytest.raises(NotFound):
+            read()
+    assert timed.list(tenant).items == []
+    with pytest.raises(PreconditionFailed):  # it does not exist
+        timed.put(tenant, "k", b"x", if_match="*")
+    again = timed.put(tenant, "k", b"again", if_none_match=True)  # creates it anew
+    assert again.created_at == again.updated_at
+    assert [v.version_id for v in timed.versions(tenant, "k").items] == [again.version_id]  # nothing came back
+    assert _blob_keys(stores, tenant) == []
+    timed.purge_expired()
+    assert timed.get(tenant, "k").data == b"again"
+    assert len([rk for rk in _rows(stores, tenant) if rk.startswith("v|")]) == 1
+
+
+def test_the_purge_deletes_an_expired_current_version_with_every_older_one(timed, stores, clock, tenant):
+    timed.put(tenant, "k", BIG)
+    timed.put(tenant, "k", b"short-lived", ttl_seconds=30)
+    timed.put(tenant, "other", b"stays")
+    assert timed.purge_expired() == 0  # nothing due
+    clock.advance(31)
+    assert timed.purge_expired() >= 1
+    assert [rk for rk in _rows(stores, tenant) if "other" not in rk] == []
+    assert _blob_keys(stores, tenant) == []
+    assert timed.get(tenant, "other").data == b"stays"
+
+
+def test_a_deleted_expired_object_is_not_found_and_leaves_nothing(timed, stores, clock, tenant):
+    timed.put(tenant, "k", BIG, ttl_seconds=10)
+    clock.advance(10.01)
+    with pytest.raises(NotFound):
+        timed.delete(tenant, "k")
+    assert _rows(stores, tenant) == [] and _blob_keys(stores, tenant) == []
+    timed.purge_expired()  # the entry of a version already gone is dropped
+    assert timed.purge_expired() == 0
+
+
+def test_ttl_reads_follow_the_clock_to_the_instant(timed, clock, tenant):
+    info = timed.put(tenant, "k", b"x", ttl_seconds=5)
+    clock.advance(4.99)
+    assert timed.get(tenant, "k", info.version_id).data == b"x"
+    assert [v.version_id for v in timed.versions(tenant, "k").items] == [info.version_id]
+    clock.advance(0.02)
+    with pytest.raises(NotFound):
+        timed.get(tenant, "k", info.version_id)
+
+
+# --------------------------------------------------------------------------- keys: every documented key fits
+
+
+LONG_KEYS = [
+    "%" * 256,
+    "/".join(["%%"] + ["%"] * 127),
+    "\U0001f680" * 256,
+    "/".join(["\U0001f680"] * 128) + "x",
+    "\ue000" * 256,  # a character the Azure backend stores as two
+    "".join("%/\U0001f680x"[i % 4] for i in range(255)) + "y",
+]
+
+
+@pytest.mark.parametrize("key", LONG_KEYS, ids=["percent", "percent-slash", "emoji", "emoji-slash", "private-use",
+                                                "mixed"])
+def test_every_key_of_256_characters_works(timed, stores, clock, tenant, key):
+    assert len(key) == 256
+    first = timed.put(tenant, key, b"first", "text/plain")
+    second = timed.put(tenant, key, BIG, ttl_seconds=60, idempotency_key="%" * 200)
+    assert timed.put(tenant, key, BIG, ttl_seconds=60, idempotency_key="%" * 200).version_id == second.version_id
+    assert timed.get(tenant, key).data == BIG
+    assert timed.head(tenant, key).version_id == second.version_id
+    assert timed.get(tenant, key, first.version_id).data == b"first"
+    assert [v.version_id for v in timed.versions(tenant, key).items] == [second.version_id, first.version_id]
+    for prefix in ("", key[:1], key[:100], key[:255], key):
+        assert [i.key for i in timed.list(tenant, prefix).items] == [key], prefix
+    timed.put(tenant, key, b"third", if_match=second.version_id)
+    clock.advance(61)
+    assert timed.purge_expired() >= 1  # the second version expired; the third stays
+    assert [v.size for v in timed.versions(tenant, key).items] == [5, 5]
+    timed.delete(tenant, key)
+    with pytest.raises(NotFound):
+        timed.get(tenant, key)
+    assert timed.list(tenant).items == []
+    assert [rk for rk in _rows(stores, tenant) if not rk.startswith("i|")] == []  # idempotency markers stay
+    assert _blob_keys(stores, tenant) == []
+
+
+def test_long_keys_that_share_their_beginning_list_by_prefix_exactly(objects, tenant):
+    base = "p/" + "%" * 200
+    keys = [base + tail for tail in ("%" * 54, "%" * 53 + "a", "a" * 54, "%" * 10)]
+    for key in keys + ["p/short", "q/" + "%" * 254]:
+        objects.put(tenant, key, b"x")
+    assert sorted(i.key for i in objects.list(tenant, "p/").items) == sorted(keys + ["p/short"])
+    assert sorted(i.key for i in objects.list(tenant, base).items) == sorted(keys)
+    assert sorted(i.key for i in objects.list(tenant, base + "%" * 50).items) == sorted(keys[:2])
+    assert [i.key for i in objects.list(tenant, base + "%" * 53 + "a").items] == [keys[1]]
+    # Paged one at a time (long prefixes filter, so a page may come back empty), the same keys.
+    seen, token = [], None
+    while True:
+        page = objects.list(tenant, base + "%" * 50, limit=1, continuation=token)
+        seen += [i.key for i in page.items]
+        token = page.continuation
+        if not token:
+            break
+    assert sorted(seen) == sorted(keys[:2])
+
+
+# --------------------------------------------------------------------------- U+10FFFF, continuation tokens
+
+
+def test_keys_holding_the_largest_code_point_are_listed(objects, tenant):
+    top = "\U0010ffff"
+    keys = ["u/a", "u/" + top, "u/" + top + "/x", "u/" + top + top]
+    for key in keys + ["v"]:
+        objects.put(tenant, key, b"x")
+    assert [i.key for i in objects.list(tenant, "u/").items] == keys
+    assert [i.key for i in objects.list(tenant, "u/" + top).items] == keys[1:]
+    assert [i.key for i in objects.list(tenant).items] == keys + ["v"]
+
+
+def test_a_listing_token_works_only_for_its_tenant_and_prefix(objects, tenant):
+    other = tenant + "x"
+    for owner in (tenant, other):
+        for i in range(3):
+            objects.put(owner, f"a/{i}", b"x")
+    token = objects.list(tenant, "a/", limit=1).continuation
+    assert token is not None
+    assert [i.key for i in objects.list(tenant, "a/", limit=1, continuation=token).items] == ["a/1"]
+    for bad in (token[:-2], token + "x", "garbage!", token.replace(".", "")):
+        with pytest.raises(InvalidInput):
+            objects.list(tenant, "a/", limit=1, continuation=bad)
+    with pytest.raises(InvalidInput):
+        objects.list(other, "a/", limit=1, continuation=token)
+    with pytest.raises(InvalidInput):
+        objects.list(tenant, "a/1", limit=1, continuation=token)
+    versions_token = objects.versions(tenant, "a/0", limit=1).continuation
+    assert versions_token is None  # one version: no token

@@ -9,13 +9,23 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from shared import names
 from shared.backends import Entity
 from shared.commands import CommandProcessor
 from shared.errors import Conflict, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
 from shared.manager import StorageManager
-from shared.workflows import IllegalTransition, Resumed, WorkflowService, WorkflowStatus
+from shared.workflows import (
+    CurrentStep,
+    IllegalTransition,
+    Resumed,
+    SuspendReason,
+    WaitingForEvent,
+    WorkflowService,
+    WorkflowStatus,
+    parse_reason,
+)
 
 
 @pytest.fixture
@@ -475,7 +485,8 @@ def test_invalid_input_is_refused_before_anything_is_written(stores, workflows, 
     with pytest.raises(InvalidKey):
         workflows.deliver_event(tenant, "bad event", {})
     bad_reasons = [{"kind": "sleep"}, {"kind": "event"}, {"kind": "event", "event_id": "e", "timeout_seconds": 0},
-                   {"kind": "schedule", "resume_at": "2030-01-01T00:00:00"}, "manual"]
+                   {"kind": "schedule", "resume_at": "2030-01-01T00:00:00"}, "manual",
+                   {"kind": "schedule", "resume_at": 0}, {"kind": "schedule", "resume_at": 1.9e9}, {"event_id": "e"}]
     for reason in bad_reasons:
         with pytest.raises(InvalidInput, match="suspend_reason"):
             suspend(workflows, tenant, "w", reason)
@@ -510,3 +521,82 @@ def test_storage_manager_facade(stores, tenant):
     assert resumed.context_state == {"a": 1, "events": {"go": {"b": 2}}}
     assert [w.workflow_id for w in storage.workflows.list(status="running").items] == ["w"]
     assert "process_due" not in dir(storage.workflows) and "resume" in dir(storage.workflows)
+
+
+# --------------------------------------------------------------------------- seed 000: integer step indexes
+
+
+@pytest.mark.parametrize("step", [0, 7, 2**53 - 1, "7", "load"])
+def test_current_step_is_an_index_or_a_name_and_comes_back_with_its_type(workflows, tenant, step):
+    suspended = suspend(workflows, tenant, "w", step=step)
+    assert suspended.current_step == step and type(suspended.current_step) is type(step)
+    stored = workflows.get(tenant, "w")
+    assert stored.current_step == step and type(stored.current_step) is type(step)
+    assert [w.current_step for w in workflows.list(tenant).items] == [step]
+    resumed = workflows.resume(tenant, "w")
+    assert resumed.current_step == step and type(resumed.current_step) is type(step)
+    # A running workflow suspended again may switch from a name to an index, and back.
+    other = 8 if isinstance(step, str) else "next"
+    suspend(workflows, tenant, "w", step=other)
+    assert workflows.resume(tenant, "w").current_step == other
+
+
+@pytest.mark.parametrize("step", [-1, 2**53, True, 1.0, 1.5, "", "x" * 1001, "a\nb", None, [1]])
+def test_an_invalid_current_step_is_refused(workflows, tenant, step):
+    with pytest.raises(InvalidInput, match="current_step"):
+        suspend(workflows, tenant, "w", step=step)
+    with pytest.raises(NotFound):
+        workflows.get(tenant, "w")
+
+
+def test_an_integer_step_arrives_through_the_queue(stores, workflows, tenant):
+    body = json.dumps({"version": 1, "op": "workflows.suspend", "tenant": tenant, "idempotency_key": "k1",
+                       "payload": {"workflow_id": "w", "workflow_name": "etl", "resource": "user:1",
+                                   "current_step": 3, "context_state": {}, "suspend_reason": {"kind": "manual"}}})
+    assert CommandProcessor(stores).process(body).status == "applied"
+    assert workflows.resume(tenant, "w").current_step == 3
+    for bad in (True, -1, 2.5):
+        poisoned = CommandProcessor(stores).process(body.replace('"current_step": 3', f'"current_step": {json.dumps(bad)}')
+                                                        .replace('"k1"', f'"k{bad}"'))
+        assert poisoned.status == "poisoned" and "current_step" in poisoned.detail
+
+
+def test_the_queue_takes_a_whole_number_float_step_as_an_index(stores, workflows, tenant):
+    # JSON Schema counts 3.0 as an integer, so a producer's 3.0 is the step index 3.
+    body = json.dumps({"version": 1, "op": "workflows.suspend", "tenant": tenant, "idempotency_key": "k1",
+                       "payload": {"workflow_id": "w", "workflow_name": "etl", "resource": "user:1",
+                                   "current_step": 3.0, "context_state": {}, "suspend_reason": {"kind": "manual"}}})
+    assert CommandProcessor(stores).process(body).status == "applied"
+    resumed = workflows.resume(tenant, "w").current_step
+    assert resumed == 3 and type(resumed) is int
+
+
+@pytest.mark.parametrize(("step", "expected"), [(3, 3), (1305513.0, 1305513), (0.0, 0), ("3", "3"), ("load", "load")])
+def test_the_step_model_takes_indexes_whole_number_floats_and_names(step, expected):
+    taken = TypeAdapter(CurrentStep).validate_python(step)
+    assert taken == expected and type(taken) is type(expected)
+    assert TypeAdapter(CurrentStep).validate_json(json.dumps(step)) == expected
+
+
+@pytest.mark.parametrize("step", [True, False, 1.5, -1.0, -1, 2**53, float(2**53), "", "a\x01b", "a\nb", "\x85",
+                                  None, [1]])
+def test_the_step_model_refuses_what_the_schema_refuses(step):
+    with pytest.raises(ValidationError):
+        TypeAdapter(CurrentStep).validate_python(step)
+
+
+def test_the_schemas_say_what_validation_enforces():
+    step = TypeAdapter(CurrentStep).json_schema()
+    integer, text = step["anyOf"]
+    assert integer == {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
+    assert text["type"] == "string" and text["pattern"] == r"^[^\x00-\x1f\x7f-\x9f]*$"
+    reasons = TypeAdapter(SuspendReason).json_schema()["$defs"]
+    for name in ("WaitingForEvent", "WaitingForApproval", "ScheduledResume", "ManualResume"):
+        assert reasons[name]["required"][0] == "kind", name  # the discriminator must be sent
+        assert "default" not in reasons[name]["properties"]["kind"], name
+    with pytest.raises(InvalidInput, match="suspend_reason"):
+        parse_reason({"note": "no kind"})
+    # Python callers building a model directly still get the kind by default.
+    assert WaitingForEvent(event_id="go").kind == "event"
+    assert parse_reason(WaitingForEvent(event_id="go")) == WaitingForEvent(event_id="go")
+    assert parse_reason({"kind": "schedule", "resume_at": datetime(2030, 1, 1, tzinfo=UTC)}).resume_at.year == 2030
