@@ -10,9 +10,9 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Runtime install, redone when the requirements change.
-$(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
+$(VENV)/.installed: $(BIN)/python requirements.txt requirements-cli.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
-	$(BIN)/pip install --quiet -r requirements.txt 'uvicorn>=0.30,<1'
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-cli.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt

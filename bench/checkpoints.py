@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.config import Settings
-from shared.langgraph_savers import StowageCheckpointSaver
+from shared.domains.checkpoints.savers import StowageCheckpointSaver
 from shared.manager import StorageManager
 from shared.stores import Stores
 from tests.emulators import start_azurite

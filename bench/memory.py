@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness import backend_list, measure_on_backends  # noqa: E402
 from shared.backends import Entity, TableOp
-from shared.memory import MAX_MESSAGES_PER_CALL, MemoryService
+from shared.domains.memory.service import MAX_MESSAGES_PER_CALL, MemoryService
 from shared.stores import Stores
 
 console = Console(width=150)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness import backend_list, measure_on_backends, rate  # noqa: E402
-from shared.sessions import SessionService
+from shared.domains.sessions.service import SessionService
 from shared.stores import Stores
 
 console = Console(width=120)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from harness import backend_list, measure_on_backends, rate  # noqa: E402
 from shared.backends import Entity
 from shared.stores import Stores
-from shared.workflows import WorkflowService
+from shared.domains.workflows.service import WorkflowService
 
 console = Console()
 SMALL_CONTEXT = {"cursor": 17, "messages": ["a short message " * 8] * 4}  # about 600 bytes

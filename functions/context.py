@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 
+from typing import Any
+
 from shared.apikeys import ApiKeyService
-from shared.checkpoints import CheckpointService
 from shared.commands import CommandProcessor, PoisonQueue
 from shared.config import Settings
-from shared.memory import MemoryService
-from shared.objects import ObjectService
-from shared.sessions import SessionService
-from shared.workflows import WorkflowService
+from shared.domains import DOMAINS
+from shared.domains.checkpoints import CheckpointService
+from shared.domains.memory import MemoryService
+from shared.domains.objects import ObjectService
+from shared.domains.sessions import SessionService
+from shared.domains.workflows import WorkflowService
 from shared.stores import Stores
 
 
@@ -62,9 +65,17 @@ class AppContext:
     def checkpoints(self) -> CheckpointService:
         return CheckpointService(self.stores)
 
+    def service(self, domain_name: str) -> Any:
+        """The service of a registered domain: the same instance as the typed attribute of that name."""
+        if domain_name not in self._domain_names:
+            raise KeyError(f"no domain {domain_name!r}")
+        return getattr(self, domain_name)
+
+    _domain_names = frozenset(domain.name for domain in DOMAINS)
+
     @cached_property
     def commands(self) -> CommandProcessor:
-        return CommandProcessor(self.stores)
+        return CommandProcessor(self.stores, self.service)
 
     @cached_property
     def poison(self) -> PoisonQueue:

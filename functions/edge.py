@@ -49,11 +49,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from functions import problems
 from shared.apikeys import Principal
-from shared.checkpoints import MAX_PUT_BYTES
+from shared.domains.checkpoints.service import MAX_PUT_BYTES
 from shared.config import Settings
+from shared.domains import DOMAINS
 from shared.errors import InvalidInput, StowageError, TooLarge, Unauthorized
-from shared.memory import MAX_CONTENT_BYTES
-from shared.workflows import MAX_EVENT_PAYLOAD_BYTES
+from shared.domains.memory.service import MAX_CONTENT_BYTES
+from shared.domains.workflows.service import MAX_EVENT_PAYLOAD_BYTES
 
 if TYPE_CHECKING:
     from functions.context import AppContext
@@ -71,8 +72,7 @@ MISSING_KEY = "send 'Authorization: Bearer <api key>'; create a key with `stowag
 _MIB = 1024 * 1024
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: First path segment -> the domain a key can be limited to.
-_DOMAINS = {"objects": "objects", "threads": "memory", "sessions": "sessions", "workflows": "workflows",
-            "events": "workflows", "checkpoints": "checkpoints"}
+_DOMAINS = {path: domain.name for domain in DOMAINS for path in domain.paths}
 #: First path segments any valid key may call, whatever its scopes and domains.
 _ANY_KEY = frozenset({"health"})
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from functions import http_checkpoints, http_memory, http_objects, http_sessions, http_workflows, problems
+from functions import problems
 from functions.auth import principal_of
 from functions.context import AppContext
 from functions.edge import Edge
+from shared.domains import DOMAINS, Domain
 from shared.errors import StowageError
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,12 @@ class HealthDetail(Health):
     """Whether the service and its backend answer, with the backend's error when it does not."""
 
     detail: str | None = Field(default=None, description="What the backend answered when unavailable.")
+
+
+def router_of(domain: Domain) -> APIRouter:
+    """The FastAPI router a domain names (``"module:attribute"``)."""
+    module, _, attribute = domain.router.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def create_api(context: AppContext) -> FastAPI:
@@ -72,7 +80,6 @@ def create_api(context: AppContext) -> FastAPI:
         checked = await check_backend()
         return JSONResponse(checked.model_dump(), status_code=200 if checked.status == "ok" else 503)
 
-    for router in (http_objects.router, http_memory.router, http_sessions.router, http_workflows.router,
-                   http_checkpoints.router):
-        app.include_router(router)
+    for domain in DOMAINS:
+        app.include_router(router_of(domain))
     return app

@@ -1,7 +1,7 @@
 """What a domain contributes to queue commands: an op name, its payload, and how to apply it.
 
-Each domain module lists its ops in a ``COMMANDS`` tuple; :mod:`shared.commands`
-builds the envelope schema and the dispatcher from all of them. An op's ``apply``
+Each domain lists its ops in its ``Domain.commands``; :mod:`shared.commands`
+builds the envelope schema and the dispatcher from the registry. An op's ``apply``
 must be idempotent for a given ``idempotency_key``: delivery is at least once.
 """
 
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:
-    from shared.stores import Stores
 
 
 class CommandPayload(BaseModel):
@@ -33,7 +31,11 @@ class Outcome:
 
 @dataclass(frozen=True)
 class CommandOp:
-    """One queue command: ``apply(stores, tenant, payload, idempotency_key) -> Outcome``.
+    """One queue command: ``apply(service, tenant, payload, idempotency_key) -> Outcome``.
+
+    ``service`` is the owning domain's service instance, shared with the HTTP
+    routes of the same app, so applying a command goes through the public service
+    API and keeps any state the service holds.
 
     ``apply`` raises shared.errors exceptions like the services do; client errors
     (bad input, too large, failed precondition, already exists) poison the message,
@@ -42,5 +44,5 @@ class CommandOp:
 
     name: str
     payload: type[BaseModel]
-    apply: Callable[[Stores, str, Any, str], Outcome]
+    apply: Callable[[Any, str, Any, str], Outcome]
     description: str = ""

@@ -28,14 +28,15 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
-from shared import checkpoints, memory, names, objects, sessions, workflows
+from shared import names
+from shared.domains import DOMAINS
 from shared.backends import Entity
 from shared.backends.base import MAX_RECEIVE_MESSAGES, QueueMessage
 from shared.backends.offload import check_ref, claim_check_ref, queue_offload_prefix
@@ -86,9 +87,9 @@ class _EnvelopeBase(BaseModel):
         return data
 
 
-OPS: dict[str, CommandOp] = {
-    op.name: op for domain in (objects, memory, sessions, workflows, checkpoints) for op in domain.COMMANDS
-}
+OPS: dict[str, CommandOp] = {op.name: op for domain in DOMAINS for op in domain.commands}
+#: The domain whose service applies each op.
+DOMAIN_OF_OP: dict[str, str] = {op.name: domain.name for domain in DOMAINS for op in domain.commands}
 
 
 def _envelope_model(op: CommandOp) -> type[_EnvelopeBase]:
@@ -161,8 +162,12 @@ class CommandProcessor:
     op's own idempotency marker turns into a replay.
     """
 
-    def __init__(self, stores: Stores) -> None:
+    def __init__(self, stores: Stores, services: Callable[[str], Any] | None = None) -> None:
+        """``services(domain name)`` hands out the app's service instances (so state such as
+        checkpoints' group commit is shared); by default one per domain is built here, once."""
         self._stores = stores
+        self._services = services or self._own_service
+        self._built: dict[str, Any] = {}
         self._blobs = stores.blobs(names.CONTAINER_DATA)
         self._poison = stores.queue(names.QUEUE_COMMANDS_POISON)
         self._table = stores.table(names.TABLE_COMMANDS)
@@ -190,6 +195,13 @@ class CommandProcessor:
         except Exception as exc:
             self._record_failure(body, f"{type(exc).__name__}: {exc}", dequeue_count)
             raise
+
+    def _own_service(self, domain_name: str) -> Any:
+        service = self._built.get(domain_name)
+        if service is None:
+            service = self._built[domain_name] = next(
+                d for d in DOMAINS if d.name == domain_name).service(self._stores)
+        return service
 
     def _apply(self, body: str) -> Outcome:
         claim = claim_check_ref(body)
@@ -262,7 +274,8 @@ class CommandProcessor:
     def _dispatch(self, envelope: Any) -> Outcome:
         if envelope.payload is None:
             raise PoisonMessage("envelope has no payload")
-        return OPS[envelope.op].apply(self._stores, envelope.tenant, envelope.payload, envelope.idempotency_key)
+        service = self._services(DOMAIN_OF_OP[envelope.op])
+        return OPS[envelope.op].apply(service, envelope.tenant, envelope.payload, envelope.idempotency_key)
 
     def _discard(self, key: str | None) -> None:
         if key is None:

@@ -15,15 +15,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from shared.checkpoints import CheckpointService
+from shared.domains.checkpoints.service import CheckpointService
 from shared.config import Settings
 from shared.errors import NotFound
 from shared.keys import check_tenant
-from shared.memory import MemoryService
-from shared.objects import ObjectInfo, ObjectService
-from shared.sessions import SessionService
+from shared.domains.memory.service import MemoryService
+from shared.domains.objects.service import ObjectInfo, ObjectService
+from shared.domains.sessions.service import SessionService
 from shared.stores import Stores
-from shared.workflows import WorkflowService
+from shared.domains.workflows.service import WorkflowService
 
 
 def encode_value(data: Any, content_type: str | None = None) -> tuple[bytes, str]:

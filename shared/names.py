@@ -24,6 +24,8 @@ TABLE_MEMORY = "stowagememory"
 TABLE_SESSIONS = "stowagesessions"
 TABLE_WORKFLOWS = "stowageworkflows"
 TABLE_CHECKPOINTS = "stowagecheckpoints"
+#: Tables of the platform itself; each domain's tables are named above and listed by its Domain.
+PLATFORM_TABLES = (TABLE_APIKEYS, TABLE_COMMANDS)
 TABLES = (TABLE_APIKEYS, TABLE_OBJECTS, TABLE_COMMANDS, TABLE_MEMORY, TABLE_SESSIONS, TABLE_WORKFLOWS,
           TABLE_CHECKPOINTS)
 

@@ -13,7 +13,7 @@ from croniter import croniter
 import function_app
 from shared import names
 from shared.config import Settings
-from shared.host import LocalHost, QueueSettings, asgi_app_of
+from cli.host import LocalHost, QueueSettings, asgi_app_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMERS = {"purge_expired_objects": "30 */5 * * * *", "expire_idle_sessions": "45 */5 * * * *",
@@ -129,7 +129,7 @@ def test_the_local_host_moves_an_undecodable_message_to_poison_unchanged(tmp_pat
 
     from functions import queue_commands
     from functions.context import AppContext
-    from shared.host import QueueTrigger
+    from cli.host import QueueTrigger
 
     context = AppContext(Settings(data_dir=tmp_path))
     app = func.FunctionApp()

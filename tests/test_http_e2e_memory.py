@@ -10,7 +10,7 @@ import httpx
 
 from shared import names
 from shared.commands import CommandClient
-from shared.memory import MAX_CONTENT_BYTES
+from shared.domains.memory.service import MAX_CONTENT_BYTES
 from tests.e2e import problem, until
 
 

@@ -7,7 +7,7 @@ import uuid
 import httpx
 
 from shared.commands import CommandClient
-from shared.memory import MemoryService
+from shared.domains.memory.service import MemoryService
 from tests.e2e import MAX_BYTES, problem, until
 
 

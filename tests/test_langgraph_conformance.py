@@ -14,7 +14,7 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES, BASE_CAPABILITIES, EXTENDED_CAPABILITIES
 from langgraph.checkpoint.conformance.report import CapabilityReport
 
-from shared.checkpoints import CheckpointService
+from shared.domains.checkpoints.service import CheckpointService
 from shared.langgraph_savers import RemoteCheckpointSaver, StowageCheckpointSaver
 from shared.stores import Stores
 

@@ -23,7 +23,7 @@ from typing import Annotated, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from shared.checkpoints import CheckpointService
+from shared.domains.checkpoints.service import CheckpointService
 from shared.langgraph_savers import RemoteCheckpointSaver, StowageCheckpointSaver
 from shared.stores import Stores
 

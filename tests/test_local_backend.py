@@ -105,7 +105,7 @@ def _mode(path: Path) -> int:
 
 def test_a_fresh_data_dir_and_every_file_in_it_are_private_from_the_start(tmp_path):
     from shared.backends import Entity
-    from shared.cli import DEV_KEY_FILE, ensure_dev_key
+    from cli.main import DEV_KEY_FILE, ensure_dev_key
     from shared.config import Settings
     from shared.stores import Stores
 

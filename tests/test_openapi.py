@@ -21,7 +21,7 @@ from functions.http_api import create_api
 from functions.problems import PROBLEM_JSON
 from shared.config import Settings
 from shared.keys import ID_PATTERN
-from shared.sessions import ENDED_STATUSES
+from shared.domains.sessions.service import ENDED_STATUSES
 
 PROBLEM = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")

@@ -209,6 +209,21 @@ class OffloadingTable:
         for entity in self.table.query_all(partition_key, **kwargs):
             yield self._unpack(entity)
 
+    def query_for_delete(self, partition_key: str, **kwargs: Any) -> Page[Entity]:
+        """Rows to delete: large values are not downloaded (their properties are left out),
+        and each entity's ``offloaded`` names its blobs, so a delete conditional on the
+        entity's ETag removes them without reading anything again."""
+        page = self.table.query(partition_key, **kwargs)
+        return Page([self._without_values(e) for e in page.items], page.continuation)
+
+    @staticmethod
+    def _without_values(stored: Entity) -> Entity:
+        properties = dict(stored.properties)
+        manifest_text = properties.pop(OFFLOAD_PROPERTY, None)
+        refs = ({name: entry["ref"] for name, entry in json.loads(manifest_text).items()}
+                if isinstance(manifest_text, str) else {})
+        return Entity(stored.partition_key, stored.row_key, properties, stored.etag, refs)
+
     def scan(self, **kwargs: Any) -> Page[Entity]:
         page = self.table.scan(**kwargs)
         return Page([self._unpack(e) for e in page.items], page.continuation)

@@ -31,9 +31,9 @@ from functions.http_api import create_api
 from shared import names
 from shared.backends.base import Entity
 from shared.errors import BackendUnavailable, Busy, Conflict
-from shared.memory import MemoryService
-from shared.objects import ObjectService
-from shared.sessions import SessionService
+from shared.domains.memory.service import MemoryService
+from shared.domains.objects.service import ObjectService
+from shared.domains.sessions.service import SessionService
 from shared.stores import Stores
 
 TENANT = "acme"

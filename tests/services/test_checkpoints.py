@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from shared import checkpoints as checkpoints_module
+from shared.domains.checkpoints import service as checkpoints_module
 from shared import commands, names
-from shared.checkpoints import (
+from shared.domains.checkpoints.service import (
     VALUE_GRACE_SECONDS,
     CheckpointService,
     PruneStrategy,

@@ -13,7 +13,7 @@ import pytest
 from shared import names
 from shared.commands import CommandClient, CommandProcessor, PoisonQueue, envelope_json_schema
 from shared.errors import BackendUnavailable, InvalidInput
-from shared.objects import ObjectService
+from shared.domains.objects.service import ObjectService
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "commands.schema.json"
 

@@ -14,13 +14,13 @@ import uuid
 import pytest
 
 from shared import names
-from shared.checkpoints import CheckpointService, TypedValue
+from shared.domains.checkpoints.service import CheckpointService, TypedValue
 from shared.commands import CommandProcessor
 from shared.errors import InvalidInput, NotFound
 from shared.jsonvalues import MAX_JSON_DEPTH
-from shared.memory import MemoryService
-from shared.sessions import SessionService, SessionStatus
-from shared.workflows import WorkflowService
+from shared.domains.memory.service import MemoryService
+from shared.domains.sessions.service import SessionService, SessionStatus
+from shared.domains.workflows.service import WorkflowService
 
 
 def nested(depth: int, leaf: object = 1) -> object:

@@ -17,7 +17,7 @@ from shared.backends.offload import OFFLOAD_PROPERTY, parse_ref
 from shared.commands import CommandProcessor
 from shared.errors import AlreadyExists, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
 from shared.manager import StorageManager
-from shared.memory import (
+from shared.domains.memory.service import (
     DELETION_GRACE_SECONDS,
     MAX_CONTENT_BYTES,
     MAX_MESSAGES_PER_CALL,

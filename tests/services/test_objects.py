@@ -11,7 +11,7 @@ import pytest
 from shared import names
 from shared.errors import InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
 from shared.manager import StorageManager
-from shared.objects import INLINE_MAX_BYTES, ObjectService
+from shared.domains.objects.service import INLINE_MAX_BYTES, ObjectService
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_storage_manager_facade(stores, tenant):
 def test_expiry_is_spread_over_shards_and_purged_in_bounded_runs(objects, stores, tenant):
     import time
 
-    from shared.objects import EXPIRY_PREFIX, EXPIRY_SHARDS
+    from shared.domains.objects.service import EXPIRY_PREFIX, EXPIRY_SHARDS
 
     for i in range(40):
         objects.put(tenant, f"temp/{i}", b"x", ttl_seconds=30)

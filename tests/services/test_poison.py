@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from shared import cli, names
+import cli.main as cli
+from shared import names
 from shared.commands import SHOWN_CHARS, CommandProcessor, PoisonQueue
 from tests.backends.test_conformance import post_undecodable
 

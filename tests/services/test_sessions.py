@@ -13,8 +13,8 @@ from shared import names
 from shared.commands import CommandProcessor
 from shared.errors import AlreadyExists, Conflict, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
 from shared.manager import StorageManager
-from shared.memory import MemoryService
-from shared.sessions import SessionNotActive, SessionService, SessionStatus
+from shared.domains.memory.service import MemoryService
+from shared.domains.sessions.service import SessionNotActive, SessionService, SessionStatus
 
 # Expiry tests run on a clock of their own in the past, each earlier than the one before:
 # Azurite is shared by the session, and the idle index is cross-tenant, so a test's

@@ -16,7 +16,7 @@ from shared.backends import Entity
 from shared.commands import CommandProcessor
 from shared.errors import Conflict, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
 from shared.manager import StorageManager
-from shared.workflows import (
+from shared.domains.workflows.service import (
     CurrentStep,
     IllegalTransition,
     Resumed,

@@ -991,9 +991,9 @@ def _permanent(exc: Conflict) -> PreconditionFailed:
     return PreconditionFailed(str(exc))
 
 
-def _apply_suspend(stores: Stores, tenant: str, payload: WorkflowsSuspendPayload, idempotency_key: str) -> Outcome:
+def _apply_suspend(service: WorkflowService, tenant: str, payload: WorkflowsSuspendPayload, idempotency_key: str) -> Outcome:
     try:
-        workflow, replayed = WorkflowService(stores)._suspend(
+        workflow, replayed = service._suspend(
             tenant, payload.workflow_id, workflow_name=payload.workflow_name, resource=payload.resource,
             current_step=payload.current_step, context_state=payload.context_state, reason=payload.suspend_reason,
             resume_conditions=payload.resume_conditions, if_match=None, idempotency_key=idempotency_key)
@@ -1004,17 +1004,17 @@ def _apply_suspend(stores: Stores, tenant: str, payload: WorkflowsSuspendPayload
     return Outcome("applied", f"workflow {workflow.workflow_id} suspended ({workflow.suspensions})")
 
 
-def _apply_deliver(stores: Stores, tenant: str, payload: WorkflowsDeliverEventPayload,
+def _apply_deliver(service: WorkflowService, tenant: str, payload: WorkflowsDeliverEventPayload,
                    idempotency_key: str) -> Outcome:
-    delivered = WorkflowService(stores).deliver_event(tenant, payload.event_id, payload.payload,
+    delivered = service.deliver_event(tenant, payload.event_id, payload.payload,
                                                       delivery_id=idempotency_key)
     return Outcome("applied", f"event {payload.event_id} made {delivered} workflow(s) ready")
 
 
 def _transition_op(status: WorkflowStatus):
-    def apply(stores: Stores, tenant: str, payload: WorkflowsTransitionPayload, idempotency_key: str) -> Outcome:
+    def apply(service: Any, tenant: str, payload: WorkflowsTransitionPayload, idempotency_key: str) -> Outcome:
         try:
-            _, replayed = WorkflowService(stores)._transition(tenant, payload.workflow_id, status,
+            _, replayed = service._transition(tenant, payload.workflow_id, status,
                                                               detail=payload.detail, if_match=None,
                                                               idempotency_key=idempotency_key)
         except Conflict as exc:
@@ -1026,9 +1026,9 @@ def _transition_op(status: WorkflowStatus):
     return apply
 
 
-def _apply_approve(stores: Stores, tenant: str, payload: WorkflowsApprovePayload, idempotency_key: str) -> Outcome:
+def _apply_approve(service: WorkflowService, tenant: str, payload: WorkflowsApprovePayload, idempotency_key: str) -> Outcome:
     try:
-        _, replayed = WorkflowService(stores)._approve(tenant, payload.workflow_id, approved_by=payload.approved_by,
+        _, replayed = service._approve(tenant, payload.workflow_id, approved_by=payload.approved_by,
                                                        comment=payload.comment, if_match=None,
                                                        idempotency_key=idempotency_key)
     except Conflict as exc:

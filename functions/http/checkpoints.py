@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, Field, StrictInt, ValidationErr
 from functions.auth import tenant_of
 from functions.http_common import ClientJsonRoute, json_object_param, read_body
 from functions.problems import responses
-from shared.checkpoints import (
+from shared.domains.checkpoints.service import (
     MAX_ID_LENGTH,
     MAX_TASK_PATH_LENGTH,
     MAX_TEXT_LENGTH,

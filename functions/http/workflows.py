@@ -13,7 +13,7 @@ from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
 from functions.problems import responses
 from shared.errors import TooLarge
 from shared.keys import ID_PATTERN
-from shared.workflows import (
+from shared.domains.workflows.service import (
     MAX_DETAIL_LENGTH,
     MAX_EVENT_PAYLOAD_BYTES,
     MAX_TEXT_LENGTH,

@@ -15,7 +15,7 @@ from functions.auth import tenant_of
 from functions.http_common import quoted, read_body, unquote
 from functions.problems import responses
 from shared.errors import InvalidInput
-from shared.objects import MAX_KEY_LENGTH, MAX_TTL_SECONDS, ObjectInfo
+from shared.domains.objects.service import MAX_KEY_LENGTH, MAX_TTL_SECONDS, ObjectInfo
 
 
 class _KeyConvertor(Convertor[str]):

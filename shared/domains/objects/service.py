@@ -534,16 +534,16 @@ class ObjectsDeletePayload(CommandPayload):
     if_match: str | None = None
 
 
-def _apply_put(stores: Stores, tenant: str, payload: ObjectsPutPayload, idempotency_key: str) -> Outcome:
+def _apply_put(service: ObjectService, tenant: str, payload: ObjectsPutPayload, idempotency_key: str) -> Outcome:
     data, content_type = payload.content()
-    info = ObjectService(stores).put(tenant, payload.key, data, content_type, if_match=payload.if_match,
+    info = service.put(tenant, payload.key, data, content_type, if_match=payload.if_match,
                                      ttl_seconds=payload.ttl_seconds, idempotency_key=idempotency_key)
     return Outcome("applied", f"{payload.key} at version {info.version_id}")
 
 
-def _apply_delete(stores: Stores, tenant: str, payload: ObjectsDeletePayload, idempotency_key: str) -> Outcome:
+def _apply_delete(service: ObjectService, tenant: str, payload: ObjectsDeletePayload, idempotency_key: str) -> Outcome:
     try:
-        ObjectService(stores).delete(tenant, payload.key, if_match=payload.if_match)
+        service.delete(tenant, payload.key, if_match=payload.if_match)
     except NotFound:
         return Outcome("duplicate", f"{payload.key} already gone")
     return Outcome("applied", f"{payload.key} deleted")

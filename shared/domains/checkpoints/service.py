@@ -4,7 +4,7 @@ A checkpoint is addressed by (tenant, thread_id, checkpoint_ns, checkpoint_id),
 links to its parent, carries JSON metadata (``source``, ``step``, ``run_id`` and
 any user keys) and names, per channel, the version of the value it holds. Values
 are opaque typed bytes (LangGraph's ``dumps_typed`` pairs); this module never
-imports LangGraph (see :mod:`shared.langgraph_savers` for the savers).
+imports LangGraph (see :mod:`shared.domains.checkpoints.savers` for the savers).
 
 Layout, in table ``stowagecheckpoints``. One partition per thread, so that a
 checkpoint and its new channel values are written in ONE atomic batch:
@@ -1101,9 +1101,8 @@ class PrunePayload(CommandPayload):
     strategy: PruneStrategy = Field(default=PruneStrategy.KEEP_LATEST, description="keep_latest or delete.")
 
 
-def _once(stores: Stores, tenant: str, key: str, op: str, action: Callable[[CheckpointService], str]) -> Outcome:
+def _once(service: CheckpointService, tenant: str, key: str, op: str, action: Callable[[CheckpointService], str]) -> Outcome:
     """Apply a (naturally idempotent) maintenance op, recording that it was done under ``key``."""
-    service = CheckpointService(stores)
     check_tenant(tenant)
     previous = service._command_done(tenant, key)
     if previous is not None:
@@ -1113,25 +1112,25 @@ def _once(stores: Stores, tenant: str, key: str, op: str, action: Callable[[Chec
     return Outcome("applied", detail)
 
 
-def _apply_delete_thread(stores: Stores, tenant: str, payload: DeleteThreadPayload, key: str) -> Outcome:
+def _apply_delete_thread(service: CheckpointService, tenant: str, payload: DeleteThreadPayload, key: str) -> Outcome:
     def action(service: CheckpointService) -> str:
         try:
             return f"thread {payload.thread_id}: {service.delete_thread(tenant, payload.thread_id)} checkpoints deleted"
         except NotFound:
             return f"thread {payload.thread_id} had no checkpoints"
-    return _once(stores, tenant, key, "checkpoints.delete_thread", action)
+    return _once(service, tenant, key, "checkpoints.delete_thread", action)
 
 
-def _apply_delete_runs(stores: Stores, tenant: str, payload: DeleteRunsPayload, key: str) -> Outcome:
+def _apply_delete_runs(service: CheckpointService, tenant: str, payload: DeleteRunsPayload, key: str) -> Outcome:
     def action(service: CheckpointService) -> str:
         try:
             return f"{service.delete_for_runs(tenant, payload.run_ids)} checkpoints of {len(payload.run_ids)} runs deleted"
         except NotFound:
             return "none of these runs wrote checkpoints"
-    return _once(stores, tenant, key, "checkpoints.delete_runs", action)
+    return _once(service, tenant, key, "checkpoints.delete_runs", action)
 
 
-def _apply_copy_thread(stores: Stores, tenant: str, payload: CopyThreadPayload, key: str) -> Outcome:
+def _apply_copy_thread(service: CheckpointService, tenant: str, payload: CopyThreadPayload, key: str) -> Outcome:
     def action(service: CheckpointService) -> str:
         try:
             copied = service.copy_thread(tenant, payload.source_thread_id, payload.target_thread_id)
@@ -1139,17 +1138,17 @@ def _apply_copy_thread(stores: Stores, tenant: str, payload: CopyThreadPayload, 
             # Nothing to copy now means nothing to copy on any redelivery: poison it with this reason.
             raise InvalidInput(f"thread {payload.source_thread_id} has no checkpoints to copy") from None
         return f"{copied} checkpoints copied to {payload.target_thread_id}"
-    return _once(stores, tenant, key, "checkpoints.copy_thread", action)
+    return _once(service, tenant, key, "checkpoints.copy_thread", action)
 
 
-def _apply_prune(stores: Stores, tenant: str, payload: PrunePayload, key: str) -> Outcome:
+def _apply_prune(service: CheckpointService, tenant: str, payload: PrunePayload, key: str) -> Outcome:
     def action(service: CheckpointService) -> str:
         try:
             deleted = service.prune(tenant, payload.thread_ids, payload.strategy)
         except NotFound:
             return "none of these threads has checkpoints"
         return f"{deleted} checkpoints pruned ({payload.strategy.value})"
-    return _once(stores, tenant, key, "checkpoints.prune", action)
+    return _once(service, tenant, key, "checkpoints.prune", action)
 
 
 COMMANDS = (

@@ -20,7 +20,7 @@ from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
 from functions.problems import responses
 from shared.errors import InvalidInput
 from shared.keys import ID_PATTERN
-from shared.sessions import (
+from shared.domains.sessions.service import (
     MAX_METADATA_BYTES,
     MAX_PROCESSING_SECONDS_PER_RECORD,
     MAX_REASON_LENGTH,

@@ -54,7 +54,7 @@ def ensure_dev_key(stores: Stores) -> tuple[str, bool]:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from shared.host import LocalHost, asgi_app_of
+    from cli.host import LocalHost, asgi_app_of
 
     sys.path.insert(0, str(Path.cwd()))
     module_name, _, attribute = args.app.partition(":")

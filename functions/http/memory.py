@@ -11,7 +11,7 @@ from functions.auth import tenant_of
 from functions.http_common import ClientJsonRoute, json_object_param, quoted, unquote
 from functions.problems import responses
 from shared.keys import ID_PATTERN
-from shared.memory import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread
+from shared.domains.memory.service import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread
 
 router = APIRouter(prefix="/api/v1", tags=["memory"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]

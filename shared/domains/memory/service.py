@@ -85,7 +85,6 @@ from shared.backends.base import (
     property_size,
     wire_size,
 )
-from shared.backends.offload import OFFLOAD_PROPERTY
 from shared.command_ops import CommandOp, CommandPayload, Outcome
 from shared.errors import (
     AlreadyExists,
@@ -234,14 +233,6 @@ def _public_etag(etag: str | None) -> str:
     """The ETag callers see: the same shape on every backend, safe in an HTTP header
     (Azure's own are W/"datetime'...'"), and changing exactly when the stored one does."""
     return hashlib.sha256((etag or "").encode()).hexdigest()[:32]
-
-
-def _offloaded_refs(raw: Entity) -> dict[str, str]:
-    """Blob references of an entity read straight from the table (offload format v1)."""
-    manifest = raw.properties.get(OFFLOAD_PROPERTY)
-    if not isinstance(manifest, str):
-        return {}
-    return {name: entry["ref"] for name, entry in json.loads(manifest).items()}
 
 
 @dataclass(frozen=True)
@@ -483,10 +474,10 @@ class MemoryService:
             raise Conflict(f"thread {thread_id!r} is changing too often to delete; retry")
         while True:
             # Raw rows: their offloaded blobs are known from the manifest, not downloaded.
-            rows = self._raw.query(pk, end=THREAD_ROW, limit=MAX_BATCH_OPERATIONS).items
+            rows = self._table.query_for_delete(pk, end=THREAD_ROW, limit=MAX_BATCH_OPERATIONS).items
             if not rows:
                 break
-            ops = [TableOp(OpKind.DELETE, Entity(pk, row.row_key, etag=row.etag, offloaded=_offloaded_refs(row)),
+            ops = [TableOp(OpKind.DELETE, Entity(pk, row.row_key, etag=row.etag, offloaded=row.offloaded),
                            row.etag) for row in rows]
             try:
                 self._table.batch(ops)
@@ -930,42 +921,42 @@ def _given(payload: BaseModel, name: str) -> Any:
     return getattr(payload, name) if name in payload.model_fields_set else ...
 
 
-def _apply_create_thread(stores: Stores, tenant: str, payload: MemoryCreateThreadPayload, key: str) -> Outcome:
-    thread, replayed = MemoryService(stores)._create(tenant, payload.resource, payload.thread_id, payload.title,
+def _apply_create_thread(service: MemoryService, tenant: str, payload: MemoryCreateThreadPayload, key: str) -> Outcome:
+    thread, replayed = service._create(tenant, payload.resource, payload.thread_id, payload.title,
                                                      payload.metadata, key)
     return Outcome("duplicate" if replayed else "applied", f"thread {thread.thread_id}")
 
 
-def _apply_update_thread(stores: Stores, tenant: str, payload: MemoryUpdateThreadPayload, key: str) -> Outcome:
-    MemoryService(stores).update_thread(tenant, payload.thread_id, title=_given(payload, "title"),
+def _apply_update_thread(service: MemoryService, tenant: str, payload: MemoryUpdateThreadPayload, key: str) -> Outcome:
+    service.update_thread(tenant, payload.thread_id, title=_given(payload, "title"),
                                         metadata=_given(payload, "metadata"))
     return Outcome("applied", f"thread {payload.thread_id} updated")
 
 
-def _apply_delete_thread(stores: Stores, tenant: str, payload: MemoryDeleteThreadPayload, key: str) -> Outcome:
+def _apply_delete_thread(service: MemoryService, tenant: str, payload: MemoryDeleteThreadPayload, key: str) -> Outcome:
     try:
-        MemoryService(stores).delete_thread(tenant, payload.thread_id)
+        service.delete_thread(tenant, payload.thread_id)
     except NotFound:
         return Outcome("duplicate", f"thread {payload.thread_id} already gone")
     return Outcome("applied", f"thread {payload.thread_id} deleted")
 
 
-def _apply_add_messages(stores: Stores, tenant: str, payload: MemoryAddMessagesPayload, key: str) -> Outcome:
-    messages, replayed = MemoryService(stores)._add(tenant, payload.thread_id,
+def _apply_add_messages(service: MemoryService, tenant: str, payload: MemoryAddMessagesPayload, key: str) -> Outcome:
+    messages, replayed = service._add(tenant, payload.thread_id,
                                                     [m.new_message() for m in payload.messages], _marker_rk(key))
     seqs = f"seq {messages[0].seq}-{messages[-1].seq}" if messages else "no messages left"
     return Outcome("duplicate" if replayed else "applied", f"thread {payload.thread_id}: {seqs}")
 
 
-def _apply_update_message(stores: Stores, tenant: str, payload: MemoryUpdateMessagePayload, key: str) -> Outcome:
-    MemoryService(stores).update_message(tenant, payload.thread_id, payload.message_id,
+def _apply_update_message(service: MemoryService, tenant: str, payload: MemoryUpdateMessagePayload, key: str) -> Outcome:
+    service.update_message(tenant, payload.thread_id, payload.message_id,
                                          content=_given(payload, "content"), metadata=_given(payload, "metadata"))
     return Outcome("applied", f"message {payload.message_id} updated")
 
 
-def _apply_delete_message(stores: Stores, tenant: str, payload: MemoryDeleteMessagePayload, key: str) -> Outcome:
+def _apply_delete_message(service: MemoryService, tenant: str, payload: MemoryDeleteMessagePayload, key: str) -> Outcome:
     try:
-        MemoryService(stores).delete_message(tenant, payload.thread_id, payload.message_id)
+        service.delete_message(tenant, payload.thread_id, payload.message_id)
     except NotFound:
         return Outcome("duplicate", f"message {payload.message_id} already gone")
     return Outcome("applied", f"message {payload.message_id} deleted")

@@ -64,7 +64,7 @@ from shared.command_ops import CommandOp, CommandPayload, Outcome
 from shared.errors import AlreadyExists, Conflict, InvalidInput, NotFound, PreconditionFailed, TooLarge
 from shared.jsonvalues import check_json_value, json_text
 from shared.keys import check_id, check_tenant, escape
-from shared.memory import MemoryService
+from shared.domains.memory.service import MemoryService
 from shared.stores import Stores
 
 SESSION_ROW = "session"
@@ -620,8 +620,7 @@ def _client_error(exc: SessionNotActive) -> PreconditionFailed:
     return PreconditionFailed(str(exc))
 
 
-def _apply_create(stores: Stores, tenant: str, payload: SessionsCreatePayload, idempotency_key: str) -> Outcome:
-    service = SessionService(stores)
+def _apply_create(service: SessionService, tenant: str, payload: SessionsCreatePayload, idempotency_key: str) -> Outcome:
     try:
         service.create(tenant, payload.user_id, session_id=payload.session_id, metadata=payload.metadata)
     except AlreadyExists:
@@ -636,8 +635,7 @@ def _apply_create(stores: Stores, tenant: str, payload: SessionsCreatePayload, i
 
 
 def _mutation(verb: str, call: Callable[[SessionService, str, Any, str], object]):
-    def apply(stores: Stores, tenant: str, payload: Any, idempotency_key: str) -> Outcome:
-        service = SessionService(stores)
+    def apply(service: Any, tenant: str, payload: Any, idempotency_key: str) -> Outcome:
         service._check(tenant, payload.session_id)
         if service._applied(tenant, payload.session_id, idempotency_key):
             return Outcome("duplicate", f"{verb} of session {payload.session_id} already applied")
