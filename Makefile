@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,14 +28,18 @@ run: $(VENV)/.installed
 	$(BIN)/stowage serve
 
 ## Everything: infrastructure checks, then the whole suite on local, Azurite and moto
-test: $(VENV)/.installed-dev node_modules/.installed lint
+test: $(VENV)/.installed-dev node_modules/.installed lint typecheck
 	$(BIN)/python -m pytest
 
 lint:
 	bash scripts/lint-infra.sh
 
+## Type check (mypy; what and how strictly: [tool.mypy] in pyproject.toml)
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/python -m mypy
+
 bench: $(VENV)/.installed-dev node_modules/.installed
 	$(BIN)/python bench/backends.py
 
 clean:
-	rm -rf $(VENV) .venv-lint node_modules .data .pytest_cache
+	rm -rf $(VENV) .venv-lint node_modules .data .pytest_cache .mypy_cache

@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_local_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return args.run(args)
+        code: int = args.run(args)
+        return code
     except StowageError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2

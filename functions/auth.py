@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from functions import edge
+from functions.context import context_of
 from shared.apikeys import SCOPES, Principal
 from shared.errors import Unauthorized
 
@@ -26,12 +27,12 @@ async def principal_of(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> Principal:
     """The caller's principal; 401 problem when the key is missing or not valid, 403 when it may not do this."""
-    principal = getattr(request.state, edge.STATE_PRINCIPAL, None)
-    if isinstance(principal, Principal):
-        return principal
+    authenticated = getattr(request.state, edge.STATE_PRINCIPAL, None)
+    if isinstance(authenticated, Principal):
+        return authenticated
     if credentials is None:
         raise Unauthorized(edge.MISSING_KEY)
-    principal = await run_in_threadpool(request.app.state.context.api_keys.authenticate, credentials.credentials)
+    principal = await run_in_threadpool(context_of(request).api_keys.authenticate, credentials.credentials)
     access = edge.access_for(request.method, edge.protected_rest(request.url.path) or "")
     principal.require(access.scope, access.domain)
     return principal

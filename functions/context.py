@@ -1,4 +1,8 @@
-"""The services one function app instance uses, built on first use from settings."""
+"""The services one function app instance uses, built on first use from settings.
+
+Routes reach it with :func:`context_of` (``context_of(request).objects``), which
+types what ``functions.http_api.create_api`` keeps in ``app.state.context``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import threading
 from functools import cached_property
 
 from typing import Any
+
+from starlette.requests import HTTPConnection
 
 from shared.apikeys import ApiKeyService
 from shared.commands import CommandProcessor, PoisonQueue
@@ -84,3 +90,15 @@ class AppContext:
     def close(self) -> None:
         if self._stores is not None:
             self._stores.close()
+
+
+def context_of(connection: HTTPConnection) -> AppContext:
+    """The :class:`AppContext` of the app serving ``connection`` (a Request or WebSocket), typed.
+
+    ``functions.http_api.create_api`` keeps it in ``app.state.context``; use this
+    instead of that untyped attribute.
+    """
+    context = connection.app.state.context
+    if not isinstance(context, AppContext):
+        raise TypeError("app.state.context is not an AppContext; build the app with functions.http_api.create_api")
+    return context

@@ -49,12 +49,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from functions import problems
 from shared.apikeys import Principal
-from shared.domains.checkpoints.service import MAX_PUT_BYTES
 from shared.config import Settings
 from shared.domains import DOMAINS
+from shared.domains.checkpoints.models import MAX_PUT_BYTES
+from shared.domains.memory.models import MAX_CONTENT_BYTES
+from shared.domains.workflows.models import MAX_EVENT_PAYLOAD_BYTES
 from shared.errors import InvalidInput, StowageError, TooLarge, Unauthorized
-from shared.domains.memory.service import MAX_CONTENT_BYTES
-from shared.domains.workflows.service import MAX_EVENT_PAYLOAD_BYTES
 
 if TYPE_CHECKING:
     from functions.context import AppContext

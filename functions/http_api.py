@@ -36,7 +36,8 @@ class HealthDetail(Health):
 def router_of(domain: Domain) -> APIRouter:
     """The FastAPI router a domain names (``"module:attribute"``)."""
     module, _, attribute = domain.router.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    router: APIRouter = getattr(importlib.import_module(module), attribute)
+    return router
 
 
 def create_api(context: AppContext) -> FastAPI:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 
 from shared import names
 from shared.backends import Entity
+from shared.backends.base import PropertyValue
 from shared.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from shared.keys import check_tenant
 from shared.stores import Stores
@@ -191,7 +192,7 @@ class ApiKeyService:
         key_id = secrets.token_hex(8)
         key = f"{_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         created = _now()
-        properties: dict[str, object] = {
+        properties: dict[str, PropertyValue] = {
             "v": _FORMAT, "tenant": tenant, "digest": _digest(key), "label": label, "created_at": created,
             "scopes": ",".join(chosen_scopes), "roles": ",".join(chosen_roles),
         }
@@ -241,7 +242,10 @@ class ApiKeyService:
 
     @staticmethod
     def _info(record: Entity) -> ApiKeyInfo:
-        scopes, domains, actor, roles = DEFAULT_SCOPES, None, None, ()
+        scopes: tuple[str, ...] = DEFAULT_SCOPES
+        domains: tuple[str, ...] | None = None
+        actor: str | None = None
+        roles: tuple[str, ...] = ()
         if record.get("v") is not None:  # version 2 and later: scopes, domains, actor, roles
             scopes = tuple(s for s in SCOPES if s in _split(record.get("scopes", "")))
             domains = _split(record["domains"]) if record.get("domains") else None

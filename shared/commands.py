@@ -94,12 +94,16 @@ DOMAIN_OF_OP: dict[str, str] = {op.name: domain.name for domain in DOMAINS for o
 
 def _envelope_model(op: CommandOp) -> type[_EnvelopeBase]:
     name = "".join(part.capitalize() for part in op.name.replace("_", ".").split("."))
+    # Types built at run time from the registry: pydantic reads them, a static checker cannot.
+    op_type: Any = Literal[op.name]
+    payload_type: Any = op.payload | None
     return create_model(name, __base__=_EnvelopeBase, __doc__=op.description or None,
-                        op=(Literal[op.name], ...), payload=(op.payload | None, None))
+                        op=(op_type, ...), payload=(payload_type, None))
 
 
 _MODELS = tuple(_envelope_model(op) for op in OPS.values())
-ENVELOPE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Annotated[Union[_MODELS], Field(discriminator="op")])  # noqa: UP007
+_ENVELOPE: Any = Annotated[Union[_MODELS], Field(discriminator="op")]  # noqa: UP007  (built at run time)
+ENVELOPE_ADAPTER: TypeAdapter[Any] = TypeAdapter(_ENVELOPE)
 
 
 def envelope_json_schema() -> dict[str, Any]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, TypeAlias
 
 from shared.errors import InvalidInput
 
@@ -34,13 +34,15 @@ MAX_JSON_DEPTH = 100
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SHOWN = 40  # characters of a key shown in a message
+#: Where the walk is: a linked (parent path, key or index) pair; None at the root.
+_Path: TypeAlias = "tuple[_Path | None, str | int]"
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _where(path: tuple | None) -> str:
+def _where(path: _Path | None) -> str:
     """A readable location such as ``$.a[3].b`` from the linked path the walk keeps."""
     parts: list[str] = []
     while path is not None:
@@ -57,7 +59,7 @@ def _where(path: tuple | None) -> str:
     return "$" + "".join(parts)
 
 
-def _check_text(text: str, what: str, path: tuple | None, role: str) -> None:
+def _check_text(text: str, what: str, path: _Path | None, role: str) -> None:
     if not text.isascii() and _SURROGATE.search(text):
         raise InvalidInput(f"{what}: {role} at {_where(path)} holds a lone surrogate (\\ud800-\\udfff), "
                            "which is not Unicode text; send valid UTF-8")
@@ -69,7 +71,7 @@ def check_json_value(value: Any, what: str, *, max_depth: int = MAX_JSON_DEPTH) 
     ``what`` names the value in the message, e.g. ``"thread metadata"``.
     """
     # A stack of (container, depth, path); path is a linked (parent path, key or index) pair.
-    stack: list[tuple[Any, int, tuple | None]] = [([value], 0, None)]
+    stack: list[tuple[Any, int, _Path | None]] = [([value], 0, None)]
     while stack:
         container, depth, path = stack.pop()
         is_object = isinstance(container, dict)

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from shared.errors import BackendUnavailable, InvalidInput
+from shared.errors import BackendUnavailable, Busy, InvalidInput
 from shared.langgraph_savers import RemoteCheckpointSaver
 from tests.e2e import problem
 
@@ -273,9 +273,13 @@ def test_remote_saver_retries_429_and_503_only_with_backoff(scripted):
     with RemoteCheckpointSaver(url, "key", backoff_seconds=0.001, max_retries=2) as saver:
         scripted.seen.clear()
         scripted.script[:] = [(503, {})] * 5
-        with pytest.raises(BackendUnavailable):
+        with pytest.raises(Busy):  # the one "busy, send again" error (a BackendUnavailable)
             saver.get_tuple(config)
         assert len(scripted.seen) == 3  # bounded: the first try and two retries
+        scripted.seen.clear()
+        scripted.script[:] = [(429, {})] * 5
+        with pytest.raises(Busy):
+            saver.get_tuple(config)
 
 
 def test_remote_saver_honours_retry_after():

@@ -10,7 +10,7 @@ import httpx
 
 from shared import names
 from shared.commands import CommandClient
-from shared.domains.memory.service import MAX_CONTENT_BYTES
+from shared.domains.memory.models import MAX_CONTENT_BYTES
 from tests.e2e import problem, until
 
 
@@ -64,15 +64,19 @@ def test_threads_and_messages_round_trip(server):
         assert one.status_code == 201
         first = one.json()["messages"][0]
         assert first["seq"] == 1 and first["role"] == "user"
-        many = http.post(f"/api/v1/threads/{tid}/messages", json={"messages": [
+        turn = {"messages": [
             {"role": "assistant", "content": [{"type": "text", "text": "Day 1"}], "parent_message_id": first["message_id"]},
             {"role": "tool", "content": {"weather": "sunny"}, "metadata": {"tool": "forecast"}},
             {"role": "user", "content": "Thanks"},
-        ]}, headers={"Idempotency-Key": "turn-2"})
+        ]}
+        many = http.post(f"/api/v1/threads/{tid}/messages", json=turn, headers={"Idempotency-Key": "turn-2"})
         assert [m["seq"] for m in many.json()["messages"]] == [2, 3, 4]
-        replay = http.post(f"/api/v1/threads/{tid}/messages", json={"messages": [{"role": "user", "content": "x"}]},
-                           headers={"Idempotency-Key": "turn-2"})
+        replay = http.post(f"/api/v1/threads/{tid}/messages", json=turn, headers={"Idempotency-Key": "turn-2"})
+        assert replay.status_code == 201  # the first answer's status
         assert [m["seq"] for m in replay.json()["messages"]] == [2, 3, 4]  # applied once
+        # The same key with another request is refused, never answered as if applied.
+        problem(http.post(f"/api/v1/threads/{tid}/messages", json={"messages": [{"role": "user", "content": "x"}]},
+                          headers={"Idempotency-Key": "turn-2"}), 422)
 
         got = http.get(f"/api/v1/threads/{tid}")
         assert got.json()["message_count"] == 4 and got.json()["updated_at"] == many.json()["messages"][-1]["created_at"]
@@ -211,3 +215,29 @@ def test_queued_memory_commands_are_applied_by_the_running_worker(server):
               commands.approximate_length() == 0, "the worker to handle both messages")
         items = http.get(f"/api/v1/threads/{tid}/messages").json()["items"]
         assert [m["content"] for m in items] == ["queued hello", "queued reply"]
+
+
+def test_a_reused_idempotency_key_on_create_replays_the_same_request_and_refuses_another(server):
+    resource = _resource()
+    with server.client() as http:
+        key = {"Idempotency-Key": "create-" + uuid.uuid4().hex}
+        first = http.post("/api/v1/threads", json={"resource": resource, "title": "A"}, headers=key)
+        again = http.post("/api/v1/threads", json={"resource": resource, "title": "A"}, headers=key)
+        assert first.status_code == again.status_code == 201
+        assert again.json()["thread_id"] == first.json()["thread_id"]
+        problem(http.post("/api/v1/threads", json={"resource": resource, "title": "B"}, headers=key), 422)
+        assert [t["title"] for t in http.get("/api/v1/threads", params={"resource": resource}).json()["items"]] == ["A"]
+        # After the thread is deleted, the replay is not a server error.
+        assert http.delete(f"/api/v1/threads/{first.json()['thread_id']}").status_code == 204
+        assert http.post("/api/v1/threads", json={"resource": resource, "title": "A"}, headers=key).status_code < 500
+
+
+def test_memory_problems_name_their_own_type(server):
+    with server.client() as http:
+        missing = problem(http.get("/api/v1/threads/no-such-thread"), 404)
+        assert missing["title"] == "Thread not found" and missing["type"].endswith("/thread-not-found")
+        tid = _thread(http)["thread_id"]
+        gone = problem(http.get(f"/api/v1/threads/{tid}/messages/msg_000000000001_00000000"), 404)
+        assert gone["type"].endswith("/message-not-found")
+        taken = problem(http.post("/api/v1/threads", json={"resource": _resource(), "thread_id": tid}), 409)
+        assert taken["type"].endswith("/thread-already-exists")

@@ -64,3 +64,22 @@ def test_forged_continuation_tokens_get_400_and_log_no_error(server):
     log = server.log()
     assert "damaged" not in log
     assert not [line for line in log.splitlines() if "ERROR" in line and "continuation" in line]
+
+
+def test_an_idempotency_key_replays_the_first_answer_and_refuses_another_request(server):
+    key = f"idempotent/{uuid.uuid4().hex[:8]}"
+    url = f"/api/v1/objects/{key}"
+    once = {"Idempotency-Key": f"once-{uuid.uuid4().hex[:8]}", "Content-Type": "text/plain"}
+    with server.client() as http:
+        first = http.put(url, content=b"1", headers=once)
+        assert first.status_code == 201
+        again = http.put(url, content=b"1", headers=once)
+        assert again.status_code == 201 and again.json() == first.json()  # the first answer, status included
+        assert again.headers["ETag"] == first.headers["ETag"]
+        body = problem(http.put(url, content=b"2", headers=once), 422)  # the key with another body
+        assert "idempotency key" in body["detail"]
+        problem(http.put(url + "x", content=b"1", headers=once), 422)  # the key with another object
+        assert http.delete(url).status_code == 204
+        replay = http.put(url, content=b"1", headers=once)  # after the delete: the first answer, not a 500
+        assert replay.status_code == 201 and replay.json() == first.json()
+        problem(http.get(url), 404)

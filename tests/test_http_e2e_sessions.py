@@ -83,6 +83,20 @@ def test_an_idempotency_key_counts_a_retried_request_once(server):
         assert http.get(f"/api/v1/sessions/{sid}").json()["request_count"] == 4
 
 
+def test_an_idempotency_key_reused_for_other_figures_is_422_and_a_replay_answers_the_first_result(server):
+    with server.client() as http:
+        sid = _create(http, _user())["session_id"]
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        first = http.post(f"/api/v1/sessions/{sid}/metrics", json={"requests": 4}, headers=key)
+        assert first.status_code == 200
+        assert http.post(f"/api/v1/sessions/{sid}/metrics", json={"requests": 1}).status_code == 200
+        replay = http.post(f"/api/v1/sessions/{sid}/metrics", json={"requests": 4}, headers=key)
+        assert replay.status_code == 200 and replay.json() == first.json()
+        body = problem(http.post(f"/api/v1/sessions/{sid}/metrics", json={"requests": 5}, headers=key), 422)
+        assert "idempotency key" in body["detail"]
+        assert http.get(f"/api/v1/sessions/{sid}").json()["request_count"] == 5
+
+
 def test_list_active_sessions_of_a_user(server):
     user = _user()
     with server.client() as http:

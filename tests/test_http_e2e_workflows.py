@@ -175,13 +175,17 @@ def test_events_over_http_with_an_idempotency_key(server):
         for workflow_id in waiting:
             http.post(f"/api/v1/workflows/{workflow_id}/suspend",
                       json=suspend_body({"kind": "event", "event_id": event_id}))
-        first = http.post(f"/api/v1/events/{event_id}", json={"ok": True}, headers={"Idempotency-Key": "k1"})
+        key = unique("delivery")
+        first = http.post(f"/api/v1/events/{event_id}", json={"ok": True}, headers={"Idempotency-Key": key})
         assert first.status_code == 200 and first.json() == {"event_id": event_id, "delivered": 2}
         http.post(f"/api/v1/workflows/{waiting[0]}/resume")
         http.post(f"/api/v1/workflows/{waiting[0]}/suspend",
                   json=suspend_body({"kind": "event", "event_id": event_id}))
-        repeat = http.post(f"/api/v1/events/{event_id}", json={"ok": True}, headers={"Idempotency-Key": "k1"})
+        repeat = http.post(f"/api/v1/events/{event_id}", json={"ok": True}, headers={"Idempotency-Key": key})
         assert repeat.json()["delivered"] == 2
+        # The key with another payload or another event is refused, never answered as if applied.
+        problem(http.post(f"/api/v1/events/{event_id}", json={"ok": False}, headers={"Idempotency-Key": key}), 422)
+        problem(http.post(f"/api/v1/events/{unique('ev')}", json={"ok": True}, headers={"Idempotency-Key": key}), 422)
         assert not http.get(f"/api/v1/workflows/{waiting[0]}").json()["ready"]  # nothing readied twice
         assert http.post(f"/api/v1/events/{event_id}").json()["delivered"] == 1  # empty body: null payload
         resumed = http.post(f"/api/v1/workflows/{waiting[0]}/resume").json()
@@ -255,3 +259,21 @@ def test_suspend_bodies_are_taken_or_refused_as_the_document_says(server):
                               json=suspend_body({"kind": "schedule", "resume_at": epoch})), 422)
         for bad in (1.5, True, -1.0):
             problem(http.post(f"/api/v1/workflows/{unique()}/suspend", json=suspend_body(current_step=bad)), 422)
+
+
+def test_suspend_with_an_idempotency_key_replays_or_refuses_a_reuse(server):
+    workflow_id = unique()
+    key = unique("key")
+    with server.client("alpha") as http:
+        path = f"/api/v1/workflows/{workflow_id}/suspend"
+        first = http.post(path, json=suspend_body(), headers={"Idempotency-Key": key})
+        assert first.status_code == 201
+        http.post(f"/api/v1/workflows/{workflow_id}/resume")
+        replay = http.post(path, json=suspend_body(), headers={"Idempotency-Key": key})
+        assert replay.status_code == 201 and replay.json() == first.json()  # the first answer, as it was
+        assert http.get(f"/api/v1/workflows/{workflow_id}").json()["status"] == "running"
+        reused = problem(http.post(path, json=suspend_body(current_step="other"), headers={"Idempotency-Key": key}),
+                         422)
+        assert "idempotency key" in reused["detail"]
+        problem(http.post(f"/api/v1/workflows/{workflow_id}/complete", headers={"Idempotency-Key": key}), 422)
+        assert http.get(f"/api/v1/workflows/{workflow_id}").json()["status"] == "running"

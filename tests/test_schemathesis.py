@@ -41,6 +41,8 @@ UNSTATABLE = [
 ]
 IF_MATCH = "an If-Match ETag the client made up fails the precondition"
 CONTINUATION = "continuation tokens are opaque: only those the server issued are taken"
+IDEMPOTENCY = ("an Idempotency-Key the generator reuses with another request is refused (422), "
+               "as a reused key must never apply a different request")
 #: Checks that do not apply to an operation: (operation, check, why).
 NOT_APPLICABLE = [
     ("GET /api/v1/sessions/{session_id}/context", "ensure_resource_availability",
@@ -64,6 +66,8 @@ def exemptions(document: dict) -> dict[str, list[tuple[str, str]]]:
                 found.setdefault(name, []).append(("412", IF_MATCH))
             if ("query", "continuation") in parameters:
                 found.setdefault(name, []).append(("400", CONTINUATION))
+            if ("header", "idempotency-key") in parameters:
+                found.setdefault(name, []).append(("422", IDEMPOTENCY))
     for name, status, why in UNSTATABLE:
         found.setdefault(name, []).append((status, why))
     return found

@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, Field, StrictInt, ValidationErr
 from functions.auth import tenant_of
 from functions.http_common import ClientJsonRoute, json_object_param, read_body
 from functions.problems import responses
-from shared.domains.checkpoints.service import (
+from shared.domains.checkpoints.models import (
     MAX_ID_LENGTH,
     MAX_TASK_PATH_LENGTH,
     MAX_TEXT_LENGTH,
@@ -39,7 +39,8 @@ ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
 #: The service's rules, declared so that the document says them and the server refuses the same values:
 #: ids as shared.keys.check_id, texts (channels, versions, namespaces, task ids, run ids) without control characters.
 ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": MAX_ID_LENGTH}
-TEXT = {"pattern": r"^[^\x00-\x1f\x7f-\x9f]*$", "min_length": 1, "max_length": MAX_TEXT_LENGTH}
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+TEXT = {"pattern": TEXT_PATTERN, "min_length": 1, "max_length": MAX_TEXT_LENGTH}
 ThreadId = Annotated[str, Path(**ID, description=f"The thread's id: {ID_RULE}.")]
 CheckpointId = Annotated[str, Path(**ID, description=f"The checkpoint's id: {ID_RULE}.")]
 TaskId = Annotated[str, Path(**TEXT, description="The task's id: 1-256 characters, no control characters.")]
@@ -93,7 +94,8 @@ class Value(BaseModel):
 class CheckpointPut(BaseModel):
     """A checkpoint to store, with the channel values it introduces."""
 
-    parent_checkpoint_id: str | None = Field(default=None, **ID, description="The checkpoint this one follows.")
+    parent_checkpoint_id: str | None = Field(default=None, pattern=ID_PATTERN, min_length=1, max_length=MAX_ID_LENGTH,
+                                             description="The checkpoint this one follows.")
     checkpoint: Value = Field(description="The checkpoint as serialised by the client, without channel values.")
     metadata: dict[str, Any] = Field(default_factory=dict,
                                      description="JSON metadata: source, step, run_id, parents and user keys.")
@@ -178,7 +180,7 @@ class WriteIn(BaseModel):
 class WritesPut(BaseModel):
     """A task's pending writes for a checkpoint."""
 
-    task_path: str = Field(default="", max_length=MAX_TASK_PATH_LENGTH, pattern=TEXT["pattern"],
+    task_path: str = Field(default="", max_length=MAX_TASK_PATH_LENGTH, pattern=TEXT_PATTERN,
                            description="Path of the task in the graph.")
     writes: list[WriteIn] = Field(max_length=MAX_WRITES)
 
@@ -207,7 +209,8 @@ class ThreadPage(BaseModel):
 class CopyRequest(BaseModel):
     """Where to copy a thread."""
 
-    target_thread_id: str = Field(**ID, description=f"{ID_RULE}; rows it already has are kept.")
+    target_thread_id: str = Field(pattern=ID_PATTERN, min_length=1, max_length=MAX_ID_LENGTH,
+                                  description=f"{ID_RULE}; rows it already has are kept.")
 
 
 class CopyResult(BaseModel):
@@ -270,7 +273,8 @@ async def _read_model(request: Request, model: type[BaseModel], limit: int) -> A
 
 def _body_limit(request: Request) -> int:
     """Base64 makes bytes 4/3 larger; allow some room for the JSON around them."""
-    return request.app.state.context.checkpoints.max_bytes * 4 // 3 + 1024 * 1024
+    max_bytes: int = request.app.state.context.checkpoints.max_bytes
+    return max_bytes * 4 // 3 + 1024 * 1024
 
 
 # --------------------------------------------------------------------------- routes

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 from functions.auth import tenant_of
 from functions.http_common import ClientJsonRoute, json_object_param, quoted, unquote
 from functions.problems import responses
+from shared.domains.memory.models import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread, given
 from shared.keys import ID_PATTERN
-from shared.domains.memory.service import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread
 
 router = APIRouter(prefix="/api/v1", tags=["memory"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
@@ -63,8 +63,9 @@ class CreateThreadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    resource: str = Field(**ID, description=f"Owner inside the tenant: {ID_RULE}.")
-    thread_id: str | None = Field(default=None, **ID,
+    resource: str = Field(pattern=ID_PATTERN, min_length=1, max_length=128,
+                          description=f"Owner inside the tenant: {ID_RULE}.")
+    thread_id: str | None = Field(default=None, pattern=ID_PATTERN, min_length=1, max_length=128,
                                   description="The id to use (same rule); generated when absent (409 if taken).")
     title: str | None = Field(default=None, max_length=512, description="A title.")
     metadata: dict[str, Any] | None = Field(default=None, description="Free JSON metadata, up to 8 KiB.")
@@ -134,14 +135,6 @@ class UpdateMessageRequest(BaseModel):
     metadata: dict[str, Any] | None = Field(default=None, description="New metadata (replaces the old); null clears.")
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _given(model: BaseModel, name: str) -> Any:
-    """The field's value if the request set it (null included), else ... (keep)."""
-    return getattr(model, name) if name in model.model_fields_set else ...
-
-
 # --------------------------------------------------------------------------- threads
 
 
@@ -190,7 +183,7 @@ def get_thread(thread_id: ThreadId, request: Request, response: Response, tenant
 def update_thread(thread_id: ThreadId, request: Request, response: Response, tenant: Tenant, body: UpdateThreadRequest,
                   if_match: IfMatch = None) -> ThreadOut:
     thread = request.app.state.context.memory.update_thread(
-        tenant, thread_id, title=_given(body, "title"), metadata=_given(body, "metadata"),
+        tenant, thread_id, title=given(body, "title"), metadata=given(body, "metadata"),
         if_match=unquote(if_match))
     response.headers["ETag"] = quoted(thread.etag)
     return ThreadOut.of(thread)
@@ -260,7 +253,7 @@ def get_message(thread_id: ThreadId, message_id: MessageId, request: Request, re
 def update_message(thread_id: ThreadId, message_id: MessageId, request: Request, response: Response, tenant: Tenant,
                    body: UpdateMessageRequest, if_match: IfMatch = None) -> MessageOut:
     message = request.app.state.context.memory.update_message(
-        tenant, thread_id, message_id, content=_given(body, "content"), metadata=_given(body, "metadata"),
+        tenant, thread_id, message_id, content=given(body, "content"), metadata=given(body, "metadata"),
         if_match=unquote(if_match))
     response.headers["ETag"] = quoted(message.etag)
     return MessageOut.of(message)

@@ -15,7 +15,7 @@ from functions.auth import tenant_of
 from functions.http_common import quoted, read_body, unquote
 from functions.problems import responses
 from shared.errors import InvalidInput
-from shared.domains.objects.service import MAX_KEY_LENGTH, MAX_TTL_SECONDS, ObjectInfo
+from shared.domains.objects.models import MAX_KEY_LENGTH, MAX_TTL_SECONDS, ObjectInfo
 
 
 class _KeyConvertor(Convertor[str]):
@@ -45,7 +45,8 @@ Key = Annotated[str, Path(min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_P
                                       "no empty, '.' or '..' segments, no segment ending in '.', no control "
                                       "characters or backslashes.")]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
-                                              description="A retry with the same key returns the first result.")]
+                                              description="A retry of the same request with the same key returns the first result and status; "
+                                                          "the key with another request is a 422.")]
 
 
 def _version_headers(required: bool) -> dict[str, Any]:
@@ -112,14 +113,14 @@ async def put_object(
         raise InvalidInput("If-None-Match on PUT supports only '*' (create only)")
     objects = request.app.state.context.objects
     data = await read_body(request, objects.max_bytes)
-    info = await run_in_threadpool(
-        lambda: objects.put(tenant, key, data, content_type, if_match=unquote(if_match),
-                            if_none_match=if_none_match is not None, ttl_seconds=ttl_seconds,
-                            idempotency_key=idempotency_key)
+    outcome = await run_in_threadpool(
+        lambda: objects.put_outcome(tenant, key, data, content_type, if_match=unquote(if_match),
+                                    if_none_match=if_none_match is not None, ttl_seconds=ttl_seconds,
+                                    idempotency_key=idempotency_key)
     )
+    info = outcome.result
     response.headers.update(_headers(info))
-    if info.created_at == info.updated_at:  # first version of this object
-        response.status_code = 201
+    response.status_code = outcome.status  # 201 for the first version of an object; a replay answers as the first
     return info
 
 

@@ -8,36 +8,31 @@ Both are sent quoted, and If-Match takes them quoted or bare.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, BeforeValidator, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, Field
 
 from functions.auth import tenant_of
 from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
 from functions.problems import responses
-from shared.errors import InvalidInput
-from shared.keys import ID_PATTERN
-from shared.domains.sessions.service import (
-    MAX_METADATA_BYTES,
-    MAX_PROCESSING_SECONDS_PER_RECORD,
-    MAX_REASON_LENGTH,
-    MAX_REQUESTS_PER_RECORD,
+from shared.domains.sessions.models import (
+    ID,
+    ID_RULE,
+    CreateSession,
+    EndSession,
+    RecordMetrics,
     Session,
     SessionStatus,
     TaskContext,
+    UpdateSession,
 )
+from shared.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
-ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
-#: shared.keys.check_id's rule, declared so that the document says it and the server refuses the same ids.
-ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": 128}
 SessionId = Annotated[str, Path(**ID, description=f"The session's id: {ID_RULE}.")]
-#: An integer as JSON Schema means it: 3 and 3.0, never true, false or "3" (which plain int would take).
-JsonInt = Annotated[StrictInt, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="Apply only if the ETag is this one ('*': any).")]
 
 
@@ -70,47 +65,6 @@ class SessionPage(BaseModel):
 
     items: list[SessionOut]
     continuation: str | None = None
-
-
-class CreateSession(BaseModel):
-    """A session to start."""
-
-    user_id: str = Field(**ID, description=f"The user it belongs to: {ID_RULE}.")
-    session_id: str | None = Field(default=None, **ID, description="Its id (same rule); generated when omitted. "
-                                                                   "Also the id of its memory thread.")
-    metadata: dict[str, Any] | None = Field(default=None, description=f"Any JSON object, up to {MAX_METADATA_BYTES} bytes.")
-
-
-class UpdateSession(BaseModel):
-    """New metadata for a session."""
-
-    metadata: dict[str, Any] = Field(description=f"Replaces the metadata; any JSON object up to {MAX_METADATA_BYTES} bytes.")
-
-
-class EndedStatus(enum.StrEnum):
-    """How a session ends: every SessionStatus but active (shared.sessions.ENDED_STATUSES)."""
-
-    COMPLETED = SessionStatus.COMPLETED.value
-    FAILED = SessionStatus.FAILED.value
-    CANCELLED = SessionStatus.CANCELLED.value
-    EXPIRED = SessionStatus.EXPIRED.value
-
-
-class EndSession(BaseModel):
-    """How a session ends."""
-
-    status: EndedStatus = Field(default=EndedStatus.COMPLETED,
-                                description="completed, failed, cancelled or expired (not active).")
-    reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH, description="Why it ended.")
-
-
-class RecordMetrics(BaseModel):
-    """Activity to add to a session's metrics; also refreshes its last activity."""
-
-    requests: JsonInt = Field(default=1, ge=0, le=MAX_REQUESTS_PER_RECORD, description="Requests to add.")
-    processing_time: StrictFloat = Field(default=0.0, ge=0, le=MAX_PROCESSING_SECONDS_PER_RECORD,
-                                         description="Processing seconds to add (a number, not a string).")
-    errors: JsonInt = Field(default=0, ge=0, le=MAX_REQUESTS_PER_RECORD, description="Errors to add.")
 
 
 class ContextInfo(BaseModel):

@@ -11,46 +11,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from functions.auth import tenant_of
 from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
 from functions.problems import responses
-from shared.errors import TooLarge
-from shared.keys import ID_PATTERN
-from shared.domains.workflows.service import (
-    MAX_DETAIL_LENGTH,
+from shared.domains.workflows.models import (
+    ID_RULE,
     MAX_EVENT_PAYLOAD_BYTES,
     MAX_TEXT_LENGTH,
-    CurrentStep,
-    SuspendReason,
+    TEXT_PATTERN,
+    ApproveRequest,
+    SuspendRequest,
+    TransitionRequest,
     Workflow,
     WorkflowStatus,
 )
+from shared.errors import TooLarge
+from shared.keys import ID_PATTERN
 
 router = APIRouter(prefix="/api/v1", tags=["workflows"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
-ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
 #: shared.keys.check_id's rule, declared so that the document says it and the server refuses the same ids.
 ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": 128}
 WorkflowId = Annotated[str, Path(**ID, description=f"The workflow's id: {ID_RULE}.")]
-#: The service's rule for texts (names, resources, notes): no control characters.
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="Apply only if the workflow is at this ETag.")]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                               description="A retry with the same key is applied once.")]
-
-
-class SuspendRequest(BaseModel):
-    """Suspend a new workflow (created) or a running one."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    workflow_name: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
-                               description="What kind of workflow it is, e.g. 'etl'; fixed at creation.")
-    resource: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
-                          description="What it works on, e.g. 'user:42'; fixed at creation.")
-    current_step: CurrentStep
-    context_state: dict[str, Any] = Field(default_factory=dict, description=(
-        "Any JSON object, of any size up to the configured limit. The key 'events' is reserved: "
-        "delivered events are merged under events[event_id]."))
-    suspend_reason: SuspendReason = Field(description="Why it waits: event, approval, schedule or manual.")
-    resume_conditions: dict[str, Any] | None = Field(default=None, description="Any JSON object, up to 16,000 bytes.")
 
 
 class WorkflowOut(BaseModel):
@@ -95,26 +77,6 @@ class WorkflowPage(BaseModel):
 
     items: list[WorkflowOut]
     continuation: str | None = None
-
-
-class TransitionRequest(BaseModel):
-    """An optional note on why the workflow completed, failed or was cancelled."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    detail: str | None = Field(default=None, min_length=1, max_length=MAX_DETAIL_LENGTH, pattern=TEXT_PATTERN,
-                               description="A note on why.")
-
-
-class ApproveRequest(BaseModel):
-    """Who approves, and why."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    approved_by: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
-                                    description="Who approved.")
-    comment: str | None = Field(default=None, min_length=1, max_length=MAX_DETAIL_LENGTH, pattern=TEXT_PATTERN,
-                                description="Their comment.")
 
 
 class DeliveryOut(BaseModel):
@@ -178,13 +140,12 @@ def suspend_workflow(
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,
 ) -> WorkflowOut:
-    workflow = request.app.state.context.workflows.suspend(
+    outcome = request.app.state.context.workflows.suspend_outcome(
         tenant, workflow_id, workflow_name=body.workflow_name, resource=body.resource,
         current_step=body.current_step, context_state=body.context_state, reason=body.suspend_reason,
         resume_conditions=body.resume_conditions, if_match=unquote(if_match), idempotency_key=idempotency_key)
-    if workflow.suspensions == 1:
-        response.status_code = 201
-    return _with_etag(response, workflow)
+    response.status_code = outcome.status  # 201 when it created the workflow, also on a replay of that
+    return _with_etag(response, outcome.result)
 
 
 @router.post("/workflows/{workflow_id}/resume", response_model=ResumeOut,

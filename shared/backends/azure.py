@@ -314,7 +314,8 @@ class AzureBlobStore(BlobStore):
                 continuation_token=token
             )
             items = [self._properties(b.name, b) for b in next(pages)]
-            return items, pages.continuation_token or None
+            # by_page() returns an ItemPaged page iterator, which has the token; the SDK types it Iterator.
+            return items, pages.continuation_token or None  # type: ignore[attr-defined]
 
         with _translated(f"listing container {self.container!r}"):
             items, marker = _first_nonempty_page(fetch, marker)
@@ -463,12 +464,13 @@ class AzureTableStore(TableStore):
             if failure is exc:
                 raise
             raise failure from exc
-        return result["etag"]
+        etag: str = result["etag"]
+        return etag
 
     def _delete_entity(self, partition_key: str, row_key: str, if_match: str | None, what: str) -> None:
         statuses: list[int] = []
 
-        def record(response: PipelineResponse) -> None:
+        def record(response: PipelineResponse[Any, Any]) -> None:
             statuses.append(response.http_response.status_code)
 
         # delete_entity swallows 404; the raw response hook still sees the final status.
@@ -561,7 +563,8 @@ class AzureQueueStore(QueueStore):
         return f"queue {self.name!r}"
 
     @staticmethod
-    def _receipt(message_id: str, pop_receipt: str) -> str:
+    def _receipt(message_id: str, pop_receipt: str | None) -> str:
+        # Azure returns a pop receipt with every received or updated message; the SDK types it optional.
         return f"{message_id}:{pop_receipt}"
 
     @staticmethod
@@ -638,7 +641,8 @@ class AzureQueueStore(QueueStore):
 
     def _approximate_length(self) -> int:
         with _translated(self._what):
-            return self._client.get_queue_properties().approximate_message_count
+            # Always answered by Azure (x-ms-approximate-messages-count); the SDK types it optional.
+            return self._client.get_queue_properties().approximate_message_count or 0
 
 
 # --------------------------------------------------------------------------- backend

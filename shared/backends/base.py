@@ -673,7 +673,8 @@ class TableStore(_SignsTokens, ABC):
             raise InvalidInput("expected an Entity")
         validate_table_key(entity.partition_key, "partition key")
         validate_table_key(entity.row_key, "row key")
-        properties = {k: v for k, v in validate_properties(entity.properties).items() if v is not None}
+        properties: dict[str, PropertyValue] = {
+            k: v for k, v in validate_properties(entity.properties).items() if v is not None}
         return Entity(entity.partition_key, entity.row_key, properties, entity.etag)
 
     @abstractmethod

@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from shared.backends.base import (
     Backend,
@@ -222,7 +223,7 @@ class _Database:
             finally:
                 self._release(conn)
 
-    def read(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         conn = self._acquire()
         try:
             with _translated():
@@ -274,7 +275,8 @@ class LocalBlobStore(BlobStore):
     def _props(self, key: str, size: int, content_type: str, metadata: str, etag: str, modified: float) -> BlobProperties:
         return BlobProperties(key, etag, size, content_type, json.loads(metadata), _utc(modified))
 
-    def _put(self, key, data, content_type, metadata, if_match, if_none_match) -> BlobProperties:
+    def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
+             if_match: str | None, if_none_match: bool) -> BlobProperties:
         self._backend.require_container(self.container)
         etag, now, meta = _new_etag(), time.time(), json.dumps(metadata)
         with self._db.write() as conn:
@@ -294,7 +296,7 @@ class LocalBlobStore(BlobStore):
             )
         return self._props(key, len(data), content_type, meta, etag, now)
 
-    def _get(self, key) -> Blob:
+    def _get(self, key: str) -> Blob:
         rows = self._db.read(
             "SELECT data, content_type, metadata, etag, last_modified FROM blobs WHERE container=? AND key=?",
             (self.container, key),
@@ -304,7 +306,7 @@ class LocalBlobStore(BlobStore):
         data, content_type, meta, etag, modified = rows[0]
         return Blob(self._props(key, len(data), content_type, meta, etag, modified), bytes(data))
 
-    def _head(self, key) -> BlobProperties:
+    def _head(self, key: str) -> BlobProperties:
         rows = self._db.read(
             "SELECT length(data), content_type, metadata, etag, last_modified FROM blobs WHERE container=? AND key=?",
             (self.container, key),
@@ -313,7 +315,7 @@ class LocalBlobStore(BlobStore):
             raise NotFound(f"blob {key!r} does not exist")
         return self._props(key, *rows[0])
 
-    def _delete(self, key, if_match) -> None:
+    def _delete(self, key: str, if_match: str | None) -> None:
         with self._db.write() as conn:
             row = conn.execute(
                 "SELECT etag FROM blobs WHERE container=? AND key=?", (self.container, key)
@@ -324,14 +326,14 @@ class LocalBlobStore(BlobStore):
                 raise PreconditionFailed(f"blob {key!r} has changed (ETag mismatch)")
             conn.execute("DELETE FROM blobs WHERE container=? AND key=?", (self.container, key))
 
-    def _list(self, prefix, limit, continuation) -> Page[BlobProperties]:
+    def _list(self, prefix: str, limit: int, continuation: str | None) -> Page[BlobProperties]:
         after = decode_continuation(continuation).get("after", "") if continuation else ""
         if not isinstance(after, str):
             raise InvalidInput("continuation token is not one this service issued")
         low = max(prefix, after)
         sql = ("SELECT key, length(data), content_type, metadata, etag, last_modified FROM blobs "
                "WHERE container=? AND key>=? AND key>?")
-        params: list = [self.container, low, after]
+        params: list[Any] = [self.container, low, after]
         bound = prefix_upper_bound(prefix, table_keys=False)
         if bound is not None:
             sql += " AND key<?"
@@ -348,7 +350,7 @@ class LocalTableStore(TableStore):
         self._backend = backend
         self._db = backend.table_db
 
-    def _get(self, partition_key, row_key) -> Entity:
+    def _get(self, partition_key: str, row_key: str) -> Entity:
         self._backend.require_table(self.name)
         rows = self._db.read(
             "SELECT props, etag FROM entities WHERE tbl=? AND pk=? AND rk=?", (self.name, partition_key, row_key)
@@ -361,6 +363,7 @@ class LocalTableStore(TableStore):
         """One operation inside an open transaction; raises without writing when it cannot apply."""
         keys = (self.name, entity.partition_key, entity.row_key)
         where = f"entity ({entity.partition_key!r}, {entity.row_key!r}) in table {self.name!r}"
+        etag: str | None
         if kind is OpKind.INSERT:
             etag = _new_etag()
             try:
@@ -396,7 +399,7 @@ class LocalTableStore(TableStore):
             raise PreconditionFailed(f"{where} has changed (ETag mismatch)")
         return etag
 
-    def _write(self, kind, entity, if_match) -> str:
+    def _write(self, kind: OpKind, entity: Entity, if_match: str | None) -> str:
         self._backend.require_table(self.name)
         with self._db.write() as conn:
             return self._apply(conn, kind, entity, if_match) or ""
@@ -425,11 +428,12 @@ class LocalTableStore(TableStore):
                                 f"{self.name!r} already exists") from exc
         return etags
 
-    def _query(self, partition_key, start, end, limit, continuation) -> Page[Entity]:
+    def _query(self, partition_key: str, start: str | None, end: str | None, limit: int,
+               continuation: str | None) -> Page[Entity]:
         self._backend.require_table(self.name)
         after = decode_continuation(continuation).get("after") if continuation else None
         sql = "SELECT rk, props, etag FROM entities WHERE tbl=? AND pk=?"
-        params: list = [self.name, partition_key]
+        params: list[Any] = [self.name, partition_key]
         for clause, value in (("rk>=?", start), ("rk<?", end), ("rk>?", after)):
             if value is not None:
                 sql += f" AND {clause}"
@@ -439,7 +443,7 @@ class LocalTableStore(TableStore):
         token = encode_continuation({"after": items[-1].row_key}) if len(rows) > limit else None
         return Page(items, token)
 
-    def _scan(self, limit, continuation) -> Page[Entity]:
+    def _scan(self, limit: int, continuation: str | None) -> Page[Entity]:
         self._backend.require_table(self.name)
         state = decode_continuation(continuation) if continuation else {}
         pk, rk = state.get("pk", ""), state.get("rk", "")
@@ -449,8 +453,9 @@ class LocalTableStore(TableStore):
             (self.name, pk, pk, rk, limit + 1),
         )
         items = [Entity(p, r, _decode_properties(props), etag) for p, r, props, etag in rows[:limit]]
-        last = items[-1] if items else None
-        token = encode_continuation({"pk": last.partition_key, "rk": last.row_key}) if len(rows) > limit else None
+        # More rows follow: continue after the last one returned (limit >= 1, so there is one).
+        last = items[-1] if len(rows) > limit and items else None
+        token = encode_continuation({"pk": last.partition_key, "rk": last.row_key}) if last is not None else None
         return Page(items, token)
 
 
@@ -474,7 +479,7 @@ class LocalQueueStore(QueueStore):
         self._backend = backend
         self._db = backend.table_db
 
-    def _send(self, body, delay_seconds) -> str:
+    def _send(self, body: str, delay_seconds: int) -> str:
         self._backend.require_queue(self.name)
         message_id, now = uuid.uuid4().hex, time.time()
         with self._db.write() as conn:
@@ -484,7 +489,7 @@ class LocalQueueStore(QueueStore):
             )
         return message_id
 
-    def _receive(self, max_messages, visibility_timeout) -> list[QueueMessage]:
+    def _receive(self, max_messages: int, visibility_timeout: int) -> list[QueueMessage]:
         self._backend.require_queue(self.name)
         now = time.time()
         received = []
@@ -503,7 +508,7 @@ class LocalQueueStore(QueueStore):
                 received.append(_message(message_id, raw, count + 1, f"{message_id}:{pop}", enqueued))
         return received
 
-    def _peek(self, max_messages) -> list[QueueMessage]:
+    def _peek(self, max_messages: int) -> list[QueueMessage]:
         self._backend.require_queue(self.name)
         rows = self._db.read(
             f"SELECT id, {_RAW_BODY}, dequeue_count, enqueued_at FROM messages "
@@ -519,13 +524,13 @@ class LocalQueueStore(QueueStore):
             raise InvalidInput("receipt is not one this queue issued")
         return message_id, pop
 
-    def _delete(self, receipt) -> None:
+    def _delete(self, receipt: str) -> None:
         message_id, pop = self._split(receipt)
         with self._db.write() as conn:
             # A stale receipt (the message was redelivered since) deletes nothing.
             conn.execute("DELETE FROM messages WHERE queue=? AND id=? AND pop=?", (self.name, message_id, pop))
 
-    def _extend(self, receipt, visibility_timeout) -> str:
+    def _extend(self, receipt: str, visibility_timeout: int) -> str:
         message_id, pop = self._split(receipt)
         new_pop = uuid.uuid4().hex
         with self._db.write() as conn:
@@ -539,7 +544,8 @@ class LocalQueueStore(QueueStore):
 
     def _approximate_length(self) -> int:
         self._backend.require_queue(self.name)
-        return self._db.read("SELECT count(*) FROM messages WHERE queue=?", (self.name,))[0][0]
+        count: int = self._db.read("SELECT count(*) FROM messages WHERE queue=?", (self.name,))[0][0]
+        return count
 
 
 class LocalBackend(Backend):

@@ -39,6 +39,7 @@ from shared.backends.base import (
     Entity,
     OpKind,
     Page,
+    PropertyValue,
     QueueMessage,
     QueueStore,
     TableOp,
@@ -139,7 +140,7 @@ class OffloadingTable:
 
     def _pack(self, entity: Entity) -> tuple[Entity, list[str]]:
         """The entity as stored, and the references of the blobs written for it."""
-        properties = {k: v for k, v in entity.properties.items() if v is not None}
+        properties: dict[str, PropertyValue] = {k: v for k, v in entity.properties.items() if v is not None}
         big = [name for name, value in properties.items() if property_size(value) > self.threshold]
         total = sum(len(k) * 2 + property_size(v) for k, v in properties.items())
         if total - sum(property_size(properties[n]) for n in big) > _ENTITY_BUDGET:
@@ -208,6 +209,14 @@ class OffloadingTable:
     def query_all(self, partition_key: str, **kwargs: Any) -> Iterator[Entity]:
         for entity in self.table.query_all(partition_key, **kwargs):
             yield self._unpack(entity)
+
+    def sign_continuation(self, partition_key: str, state: dict[str, Any], *, purpose: str) -> str:
+        """A service's own signed paging token (see :meth:`TableStore.sign_continuation`)."""
+        return self.table.sign_continuation(partition_key, state, purpose=purpose)
+
+    def verify_continuation(self, partition_key: str, token: str, *, purpose: str) -> dict[str, Any]:
+        """The state of a token :meth:`sign_continuation` made for this partition and purpose; 400 otherwise."""
+        return self.table.verify_continuation(partition_key, token, purpose=purpose)
 
     def query_for_delete(self, partition_key: str, **kwargs: Any) -> Page[Entity]:
         """Rows to delete: large values are not downloaded (their properties are left out),
@@ -362,5 +371,6 @@ def claim_check_ref(body: str) -> str | None:
     except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse: not a claim check
         return None
     if isinstance(document, dict) and len(document) == 1 and isinstance(document.get(CLAIM_CHECK_FIELD), str):
-        return document[CLAIM_CHECK_FIELD]
+        ref: str = document[CLAIM_CHECK_FIELD]
+        return ref
     return None

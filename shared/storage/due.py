@@ -38,12 +38,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from shared.backends import Entity, TableStore
+from shared.backends import Entity, Page
 from shared.errors import NotFound, PreconditionFailed
 
 DIRECTORY_SHARDS = 16
+#: Row format of entries and directory rows (``fmt``); the properties a caller files keep their names.
+DUE_FMT = 1
 _DUE_DIGITS = 12
 
 
@@ -88,10 +90,22 @@ class DueEntry:
     row_key: str
 
 
+class IndexTable(Protocol):
+    """What a due index needs of a table: a TableStore, or the offloading table over one."""
+
+    def upsert(self, entity: Entity) -> str: ...
+
+    def delete(self, partition_key: str, row_key: str, *, if_match: str | None = None) -> None: ...
+
+    def query(self, partition_key: str, **kwargs: Any) -> Page[Entity]: ...
+
+    def query_all(self, partition_key: str, **kwargs: Any) -> Iterator[Entity]: ...
+
+
 class DueIndex:
     """A due index under ``prefix`` in ``table``; see the module docstring."""
 
-    def __init__(self, table: TableStore, prefix: str, *, quantum: int = 50, grace: float = 600.0,
+    def __init__(self, table: IndexTable, prefix: str, *, quantum: int = 50, grace: float = 600.0,
                  clock: Callable[[], float] = time.time) -> None:
         if not prefix.startswith("!"):
             raise ValueError("a due index prefix starts with '!' so it cannot be a tenant's partition")
@@ -100,6 +114,7 @@ class DueIndex:
         self.quantum = quantum
         self.grace = grace
         self._clock = clock
+        self._listed: dict[str, float] = {}  # tenant -> when this process last wrote its directory row
 
     # -- keys
 
@@ -117,8 +132,15 @@ class DueIndex:
 
     def file(self, tenant: str, item: str, due: int, properties: dict[str, Any] | None = None) -> None:
         """File ``item`` of ``tenant`` as due at ``due`` (epoch s). Filing the same (item, due) again is a no-op."""
-        self._table.upsert(Entity(self._directory(tenant), tenant, {"at": self._clock()}))
-        self._table.upsert(Entity(self.partition(tenant), self.row_key(due, item), dict(properties or {})))
+        now = self._clock()
+        # The directory row is rewritten at most every grace/2 seconds per process: a row this
+        # process wrote that recently has an ``at`` no remover deletes, so skipping is safe and
+        # a busy tenant does not rewrite one row on every filing.
+        if now - self._listed.get(tenant, float("-inf")) >= self.grace / 2:
+            self._table.upsert(Entity(self._directory(tenant), tenant, {"fmt": DUE_FMT, "at": now}))
+            self._listed[tenant] = now
+        self._table.upsert(Entity(self.partition(tenant), self.row_key(due, item),
+                                  {"fmt": DUE_FMT, **(properties or {})}))  # a caller's own fmt wins
 
     def done(self, entry: DueEntry) -> None:
         """Remove a handled entry (absent already is fine: another instance handled it)."""
@@ -180,5 +202,6 @@ class DueIndex:
             return
         try:
             self._table.delete(row.partition_key, row.row_key, if_match=row.etag)
+            self._listed.pop(row.row_key, None)
         except (NotFound, PreconditionFailed):
             pass  # filed under again meanwhile (the ETag moved), or another instance dropped it

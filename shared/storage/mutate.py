@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from shared.backends import Entity, TableOp
+from shared.backends import Entity, OpKind, TableOp
 from shared.errors import NotFound
 from shared.storage.idempotency import Idempotency, lookup, marker_op
 from shared.storage.retry import DEFAULT_POLICY, RetryPolicy, conditional, retry_races
@@ -47,6 +47,14 @@ class Rows(Protocol):
     def get(self, partition_key: str, row_key: str) -> Entity: ...
 
     def batch(self, operations: Sequence[TableOp]) -> list[str | None]: ...
+
+    def insert(self, entity: Entity) -> str: ...
+
+    def upsert(self, entity: Entity) -> str: ...
+
+    def update(self, entity: Entity, *, if_match: str | None = None) -> str: ...
+
+    def delete(self, partition_key: str, row_key: str, *, if_match: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,23 @@ def find(table: Rows, partition: str, row: str) -> Entity | None:
         return None
 
 
+def write(table: Rows, ops: Sequence[TableOp]) -> None:
+    """Write ``ops`` atomically: one operation as a plain write (on DynamoDB a transaction costs
+    twice as much), several as one batch."""
+    if len(ops) != 1 or (ops[0].kind is OpKind.DELETE and ops[0].entity.offloaded):
+        table.batch(ops)  # a delete that names its offloaded blobs goes where they are deleted too
+        return
+    [op] = ops
+    if op.kind is OpKind.INSERT:
+        table.insert(op.entity)
+    elif op.kind is OpKind.UPSERT:
+        table.upsert(op.entity)
+    elif op.kind is OpKind.UPDATE:
+        table.update(op.entity, if_match=op.if_match)
+    else:
+        table.delete(op.entity.partition_key, op.entity.row_key, if_match=op.if_match)
+
+
 def mutate(table: Rows, *, partition: str, read: Callable[[], S], decide: Callable[[S], Change[R]], what: str,
            idempotency: Idempotency | None = None, codec: Codec[R] | None = None,
            policy: RetryPolicy = DEFAULT_POLICY, sleep: Callable[[float], None] = time.sleep,
@@ -103,7 +128,7 @@ def mutate(table: Rows, *, partition: str, read: Callable[[], S], decide: Callab
                                  clock=clock))
         if ops:
             with conditional():
-                table.batch(ops)
+                write(table, ops)
         return Outcome(change.result, replayed=False, status=change.status)
 
     return retry_races(attempt, what=what, policy=policy, sleep=sleep)

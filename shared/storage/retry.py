@@ -72,10 +72,13 @@ def retry_races(attempt: Callable[[], T], *, what: str, policy: RetryPolicy = DE
 
     ``what`` names the contended thing in the error, e.g. ``"session 's1'"``.
     """
+    last: LostRace | None = None
     for n in range(policy.attempts):
         try:
             return attempt()
-        except LostRace:
+        except LostRace as exc:
+            last = exc
             if n + 1 < policy.attempts:
                 sleep(policy.delay(n))
-    raise Busy(f"{what} is changing too often to win a write after {policy.attempts} attempts; retry")
+    raise Busy(f"{what} is changing too often to win a write after {policy.attempts} attempts "
+               f"(last: {last}); retry") from last

@@ -32,7 +32,7 @@ def test_a_redelivered_command_is_applied_once(stores, tenant):
     processor = CommandProcessor(stores)
     body = _envelope(tenant, key="cfg/a", json={"n": 1})
     assert processor.process(body).status == "applied"
-    assert processor.process(body, dequeue_count=2).status == "applied"  # same result, no new version
+    assert processor.process(body, dequeue_count=2).status == "duplicate"  # same result, no new version
     objects = ObjectService(stores)
     assert json.loads(objects.get(tenant, "cfg/a").data) == {"n": 1}
     assert len(objects.versions(tenant, "cfg/a").items) == 1
@@ -95,7 +95,7 @@ def test_a_passing_failure_is_raised_for_retry_and_its_reason_kept(stores, tenan
     def unavailable(*args, **kwargs):
         raise BackendUnavailable("simulated outage")
 
-    monkeypatch.setattr(ObjectService, "put", unavailable)
+    monkeypatch.setattr(ObjectService, "put_outcome", unavailable)
     with pytest.raises(BackendUnavailable):
         processor.process(body, dequeue_count=3)
     assert processor.failure_reason(body) == "BackendUnavailable: simulated outage"
@@ -264,7 +264,7 @@ def test_an_unexpected_exception_is_retried_and_its_type_and_message_kept(stores
     def broken(*args, **kwargs):
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
-    monkeypatch.setattr(ObjectService, "put", broken)
+    monkeypatch.setattr(ObjectService, "put_outcome", broken)
     with pytest.raises(TypeError):
         processor.process(body, dequeue_count=5)
     assert processor.failure_reason(body) == "TypeError: unsupported operand type(s) for +: 'int' and 'str'"

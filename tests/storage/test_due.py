@@ -29,7 +29,9 @@ def test_only_due_entries_come_back_oldest_first_with_their_properties(table: Ta
     index.file("acme", "wf-3", 300)
     entries = list(index.due(200, _budget()))
     assert [(e.tenant, e.item, e.due) for e in entries] == [("acme", "wf-1", 100), ("acme", "wf-2", 200)]
-    assert entries[0].properties == {"kind": "timeout"}
+    assert entries[0].properties == {"kind": "timeout", "fmt": 1}
+    index.file("acme", "own-format", 50, {"fmt": 3})
+    assert [e.properties for e in index.due(60, _budget())] == [{"fmt": 3}]
 
 
 def test_handled_entries_are_gone_and_unhandled_ones_come_back_next_run(table: TableStore) -> None:

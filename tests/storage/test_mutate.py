@@ -161,3 +161,24 @@ def test_rows_json_field_limits_and_checks() -> None:
     assert json_value(None, {}) == {} and json_value('{"a":1}') == {"a": 1}
     assert stamped({"x": 1}, 2) == {"x": 1, "fmt": 2}
     assert iso(0) == "1970-01-01T00:00:00+00:00"
+
+
+def test_one_operation_is_a_plain_write_and_several_are_one_batch(table: TableStore) -> None:
+    from shared.storage.mutate import write
+
+    calls: list[str] = []
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(table, name)
+
+    write(Spy(), [TableOp.insert(Entity(PK, "one", {"n": 1}))])
+    write(Spy(), [TableOp.upsert(Entity(PK, "two", {"n": 2})), TableOp.upsert(Entity(PK, "three", {"n": 3}))])
+    etag = table.get(PK, "one").etag
+    write(Spy(), [TableOp.update(Entity(PK, "one", {"n": 4}), if_match=etag)])
+    with pytest.raises(PreconditionFailed):
+        write(Spy(), [TableOp.update(Entity(PK, "one", {"n": 5}), if_match=etag)])
+    write(Spy(), [TableOp.delete(PK, "two")])
+    assert calls == ["insert", "batch", "update", "update", "delete"]
+    assert table.get(PK, "one")["n"] == 4 and table.get(PK, "three")["n"] == 3

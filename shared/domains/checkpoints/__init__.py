@@ -1,8 +1,14 @@
-"""LangGraph-compatible checkpoints (no LangGraph import here; the savers are in savers.py)."""
+"""LangGraph-compatible checkpoints (no LangGraph import here; the savers are in savers.py).
+
+models.py: limits, results and the queue inputs; _layout.py: keys and row codecs;
+service.py: the service; commands.py: queue ops; jobs.py: timer work (none).
+"""
 
 from shared import names
-from shared.domains.domain import Domain, Job
-from shared.domains.checkpoints.service import COMMANDS, CheckpointService
+from shared.domains.checkpoints.commands import COMMANDS
+from shared.domains.checkpoints.jobs import JOBS
+from shared.domains.checkpoints.service import CheckpointService
+from shared.domains.domain import Domain
 
 DOMAIN = Domain(
     name="checkpoints",
@@ -10,7 +16,7 @@ DOMAIN = Domain(
     service=CheckpointService,
     router="functions.http.checkpoints:router",
     commands=COMMANDS,
-    jobs=(),
+    jobs=JOBS,
     paths=("checkpoints",),
 )
 

@@ -34,7 +34,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Self
@@ -49,14 +49,16 @@ from langgraph.checkpoint.base import (
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
-    SerializerProtocol,
     get_checkpoint_id,
     get_serializable_checkpoint_metadata,
 )
+from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from shared.domains.checkpoints.service import CheckpointService, PendingWrite, StoredCheckpoint, TypedValue
+from shared.domains.checkpoints.models import PendingWrite, StoredCheckpoint, TypedValue
+from shared.domains.checkpoints.service import CheckpointService
 from shared.errors import (
     BackendUnavailable,
+    Busy,
     Conflict,
     InvalidInput,
     NotFound,
@@ -138,14 +140,14 @@ def _tuple(serde: SerializerProtocol, stored: StoredCheckpoint) -> CheckpointTup
     return CheckpointTuple(
         config=_config(stored.thread_id, stored.checkpoint_ns, stored.checkpoint_id),
         checkpoint=checkpoint,
-        metadata=stored.metadata,
+        metadata=CheckpointMetadata(**stored.metadata),  # type: ignore[typeddict-item]  # user keys travel too
         parent_config=parent,
         pending_writes=[(w.task_id, w.channel, serde.loads_typed((w.value.type, w.value.data)))
                         for w in stored.pending_writes],
     )
 
 
-def _matches(metadata: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
+def _matches(metadata: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
     return not wanted or all(metadata.get(key) == value for key, value in wanted.items())
 
 
@@ -326,6 +328,8 @@ class StowageCheckpointSaver(BaseCheckpointSaver[str]):
 _ERRORS: dict[int, type[StowageError]] = {
     400: InvalidInput, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict,
     412: PreconditionFailed, 413: TooLarge, 422: InvalidInput,
+    # Retried statuses: still answered after the last retry, they are the one "busy, send again" error.
+    429: Busy, 503: Busy,
 }
 _RETRY_STATUSES = frozenset({429, 503})
 
@@ -379,7 +383,8 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
     One pooled ``httpx.Client`` serves the sync methods and one ``httpx.AsyncClient``
     (made on first async use, bound to that event loop) the async ones. Answers
     429 and 503 are retried up to ``max_retries`` times with exponential backoff
-    from ``backoff_seconds``, honouring ``Retry-After``; every other error raises
+    from ``backoff_seconds``, honouring ``Retry-After`` (still answered after the
+    last retry: :class:`~shared.errors.Busy`); every other error raises
     the matching :mod:`shared.errors` exception. Close it (or use it as a context
     manager) when done.
     """
@@ -449,7 +454,8 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
                 except (TypeError, ValueError):
                     seconds = self.backoff_seconds * 2**attempt
             return min(max(seconds, 0.0), self.max_backoff_seconds)
-        return min(self.backoff_seconds * 2**attempt * (0.5 + random.random() / 2), self.max_backoff_seconds)
+        delay: float = self.backoff_seconds * 2**attempt * (0.5 + random.random() / 2)
+        return min(delay, self.max_backoff_seconds)
 
     def _result(self, call: _Call, response: httpx.Response) -> Any:
         if response.status_code == 404 and call.missing_ok:

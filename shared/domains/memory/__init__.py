@@ -1,8 +1,15 @@
-"""Conversation memory: threads and messages."""
+"""Conversation memory: threads and messages.
+
+models (results, enums, limits, inputs), _layout (keys and row codecs),
+service (:class:`MemoryService`), commands (queue ops), jobs (timer work).
+"""
 
 from shared import names
-from shared.domains.domain import Domain, Job
-from shared.domains.memory.service import COMMANDS, MemoryService
+from shared.domains.domain import Domain
+from shared.domains.memory.commands import COMMANDS
+from shared.domains.memory.jobs import JOBS
+from shared.domains.memory.models import MessageNotFound, ThreadAlreadyExists, ThreadFull, ThreadNotFound
+from shared.domains.memory.service import MemoryService
 
 DOMAIN = Domain(
     name="memory",
@@ -10,9 +17,8 @@ DOMAIN = Domain(
     service=MemoryService,
     router="functions.http.memory:router",
     commands=COMMANDS,
-    jobs=(Job("finish_thread_deletions", "15 */10 * * * *", lambda service: service.finish_deletions(),
-            "Finish thread deletions that a crash interrupted halfway."),),
+    jobs=JOBS,
     paths=("threads",),
 )
 
-__all__ = ["DOMAIN", "MemoryService"]
+__all__ = ["DOMAIN", "MemoryService", "MessageNotFound", "ThreadAlreadyExists", "ThreadFull", "ThreadNotFound"]

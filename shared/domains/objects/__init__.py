@@ -1,8 +1,15 @@
-"""Objects: versioned key/value data (JSON, text, binary) per tenant, with TTL."""
+"""Objects: versioned key/value data (JSON, text, binary) per tenant, with TTL.
+
+``models`` (results, limits, queue/HTTP inputs), ``_layout`` (keys, row codecs),
+``service`` (:class:`ObjectService`), ``commands`` (queue ops), ``jobs`` (retention timer).
+"""
 
 from shared import names
-from shared.domains.domain import Domain, Job
-from shared.domains.objects.service import COMMANDS, ObjectService
+from shared.domains.domain import Domain
+from shared.domains.objects.commands import COMMANDS
+from shared.domains.objects.jobs import JOBS
+from shared.domains.objects.models import ObjectInfo, StoredObject
+from shared.domains.objects.service import ObjectService
 
 DOMAIN = Domain(
     name="objects",
@@ -10,9 +17,8 @@ DOMAIN = Domain(
     service=ObjectService,
     router="functions.http.objects:router",
     commands=COMMANDS,
-    jobs=(Job("purge_expired_objects", "30 */5 * * * *", lambda service: service.purge_expired(),
-            "Delete objects whose TTL has passed, a chunk per run; the next run takes the rest."),),
+    jobs=JOBS,
     paths=("objects",),
 )
 
-__all__ = ["DOMAIN", "ObjectService"]
+__all__ = ["DOMAIN", "ObjectInfo", "ObjectService", "StoredObject"]

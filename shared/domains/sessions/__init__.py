@@ -1,8 +1,14 @@
-"""Sessions: a user's working session with metrics and a task context."""
+"""Sessions: a user's working session with metrics and a task context.
+
+models (results, enums, errors, input models), _layout (keys and row codecs),
+service (the service), commands (queue ops), jobs (timer work).
+"""
 
 from shared import names
-from shared.domains.domain import Domain, Job
-from shared.domains.sessions.service import COMMANDS, SessionService
+from shared.domains.domain import Domain
+from shared.domains.sessions.commands import COMMANDS
+from shared.domains.sessions.jobs import JOBS
+from shared.domains.sessions.service import SessionService
 
 DOMAIN = Domain(
     name="sessions",
@@ -10,8 +16,7 @@ DOMAIN = Domain(
     service=SessionService,
     router="functions.http.sessions:router",
     commands=COMMANDS,
-    jobs=(Job("expire_idle_sessions", "45 */5 * * * *", lambda service: service.expire_idle(),
-            "End sessions idle longer than STOWAGE_SESSION_IDLE_SECONDS as expired, a chunk per run."),),
+    jobs=JOBS,
     paths=("sessions",),
 )
 

@@ -1,8 +1,15 @@
-"""Suspended workflows, resumed by events, approvals, timeouts and schedules."""
+"""Suspended workflows, resumed by events, approvals, timeouts and schedules.
+
+The package: :mod:`.models` (statuses, reasons, results, queue payloads),
+:mod:`._layout` (keys and row codecs), :mod:`.service` (:class:`WorkflowService`,
+its layout and guarantees), :mod:`.commands` (queue ops) and :mod:`.jobs` (the timer).
+"""
 
 from shared import names
-from shared.domains.domain import Domain, Job
-from shared.domains.workflows.service import COMMANDS, WorkflowService
+from shared.domains.domain import Domain
+from shared.domains.workflows.commands import COMMANDS
+from shared.domains.workflows.jobs import JOBS
+from shared.domains.workflows.service import WorkflowService
 
 DOMAIN = Domain(
     name="workflows",
@@ -10,9 +17,7 @@ DOMAIN = Domain(
     service=WorkflowService,
     router="functions.http.workflows:router",
     commands=COMMANDS,
-    jobs=(# every minute: timeouts and schedules have minute resolution
-        Job("process_due_workflows", "5 * * * * *", lambda service: service.process_due(),
-            "Time out waits whose timeout passed and make scheduled workflows ready, a chunk per run."),),
+    jobs=JOBS,
     paths=("workflows", "events"),
 )
 

@@ -15,8 +15,7 @@ from shared import names
 from shared.backends import Entity
 from shared.backends.offload import OFFLOAD_PROPERTY, parse_ref
 from shared.commands import CommandProcessor
-from shared.errors import AlreadyExists, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
-from shared.manager import StorageManager
+from shared.domains.memory import MessageNotFound, ThreadAlreadyExists, ThreadNotFound
 from shared.domains.memory.service import (
     DELETION_GRACE_SECONDS,
     MAX_CONTENT_BYTES,
@@ -25,6 +24,9 @@ from shared.domains.memory.service import (
     NewMessage,
     Role,
 )
+from shared.errors import AlreadyExists, Busy, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
+from shared.manager import StorageManager
+from shared.storage.idempotency import IdempotencyKeyReused, marker_row
 
 MB = 1024 * 1024
 
@@ -260,9 +262,13 @@ def test_edit_and_delete_messages_keep_count_and_updated_at_exact(memory, tenant
     assert tagged.content == [{"type": "text", "text": "fixed"}] and tagged.metadata == {"flag": True}
     assert memory.get_thread(tenant, thread).updated_at == tagged.updated_at
 
+    # A stale ETag of this message (not another message's: entities written in one Azure
+    # batch may share one timestamp ETag, so those can legitimately be equal).
+    second_now = memory.update_message(tenant, thread, second.message_id, metadata={"seen": True})
+    assert second_now.etag != second.etag
     with pytest.raises(PreconditionFailed):
-        memory.delete_message(tenant, thread, second.message_id, if_match=first.etag)
-    memory.delete_message(tenant, thread, second.message_id, if_match=second.etag)
+        memory.delete_message(tenant, thread, second.message_id, if_match=second.etag)
+    memory.delete_message(tenant, thread, second.message_id, if_match=second_now.etag)
     after = memory.get_thread(tenant, thread)
     assert after.message_count == 1
     with pytest.raises(NotFound):
@@ -536,7 +542,7 @@ def test_redelivered_commands_are_applied_once(stores, memory, tenant):
     edit = _envelope("memory.update_message", tenant, {"thread_id": thread, "message_id": history[0].message_id,
                                                        "content": "hi there"})
     assert processor.process(edit).status == "applied"
-    assert processor.process(edit).status == "applied"  # setting a value twice is the same edit
+    assert processor.process(edit).status == "duplicate"  # its marker was written with the edit
     assert memory.get_message(tenant, thread, history[0].message_id).content == "hi there"
     rename = _envelope("memory.update_thread", tenant, {"thread_id": thread, "metadata": {"k": 1}})
     assert processor.process(rename).status == "applied"
@@ -550,7 +556,15 @@ def test_redelivered_commands_are_applied_once(stores, memory, tenant):
     delete = _envelope("memory.delete_thread", tenant, {"thread_id": thread})
     assert processor.process(delete).status == "applied"
     assert processor.process(delete).status == "duplicate"
-    assert _partition(stores, tenant, thread) == []
+    # Only the markers of the create and of the delete stay, so that their redeliveries stay duplicates.
+    assert len(_partition(stores, tenant, thread)) == 2
+    assert all(rk.startswith("i|") for rk in _partition(stores, tenant, thread))
+    assert processor.process(create, dequeue_count=3).status == "duplicate"
+    assert memory.list_threads(tenant, "user_1").items == []
+    # The id taken again, by a new thread: a late redelivery of the old delete leaves it alone.
+    memory.create_thread(tenant, "user_1", thread_id=thread)
+    assert processor.process(delete, dequeue_count=4).status == "duplicate"
+    assert memory.get_thread(tenant, thread).message_count == 0
 
 
 def test_rejected_commands_are_poisoned_with_their_reason(stores, memory, tenant):
@@ -575,3 +589,230 @@ def test_storage_manager_facade(stores, tenant):
     storage.memory.delete_thread(thread.thread_id)
     with pytest.raises(NotFound):
         storage.memory.get_thread(thread.thread_id)
+
+
+# --------------------------------------------------------------------------- shared mechanics (issue #9)
+
+
+def _raw_rows(stores, partition: str) -> list[Entity]:
+    return list(stores.table(names.TABLE_MEMORY).table.query_all(partition))
+
+
+def test_a_redelivered_older_edit_does_not_revert_a_newer_one(stores, memory, tenant):
+    processor = CommandProcessor(stores)
+    thread = memory.create_thread(tenant, "user_1", title="t").thread_id
+    message = memory.add_message(tenant, thread, "user", "original")
+    edit_a = _envelope("memory.update_message", tenant, {"thread_id": thread, "message_id": message.message_id,
+                                                         "content": "A"}, key="k1")
+    edit_b = _envelope("memory.update_message", tenant, {"thread_id": thread, "message_id": message.message_id,
+                                                         "content": "B"}, key="k2")
+    assert processor.process(edit_a).status == "applied"
+    assert processor.process(edit_b).status == "applied"
+    assert processor.process(edit_a, dequeue_count=2).status == "duplicate"
+    assert memory.get_message(tenant, thread, message.message_id).content == "B"
+
+    rename_a = _envelope("memory.update_thread", tenant, {"thread_id": thread, "title": "A"}, key="k3")
+    rename_b = _envelope("memory.update_thread", tenant, {"thread_id": thread, "title": "B"}, key="k4")
+    assert processor.process(rename_a).status == "applied"
+    assert processor.process(rename_b).status == "applied"
+    assert processor.process(rename_a, dequeue_count=2).status == "duplicate"
+    assert memory.get_thread(tenant, thread).title == "B"
+
+
+def test_every_keyed_write_puts_its_marker_in_the_batch_of_its_change(stores, memory, tenant, monkeypatch):
+    thread = memory.create_thread(tenant, "user_1").thread_id
+    first, second = memory.add_messages(tenant, thread, _say(2))
+    batches: list[list[str]] = []
+    real_batch = memory._table.batch
+
+    def record(ops):
+        batches.append([op.entity.row_key for op in ops])
+        return real_batch(ops)
+
+    monkeypatch.setattr(memory._table, "batch", record)
+    memory.update_thread(tenant, thread, title="x", idempotency_key="u1")
+    memory.update_message(tenant, thread, first.message_id, content="y", idempotency_key="u2")
+    memory.delete_message(tenant, thread, second.message_id, idempotency_key="u3")
+    memory.add_messages(tenant, thread, _say(1), idempotency_key="u4")
+    monkeypatch.undo()
+    assert len(batches) == 4
+    for rows in batches:
+        assert "thread" in rows and sum(rk.startswith("i|") for rk in rows) == 1, rows
+    # A replay writes nothing and answers the first result.
+    monkeypatch.setattr(memory._table, "batch", lambda ops: pytest.fail("a replay must not write"))
+    assert memory.update_thread(tenant, thread, title="x", idempotency_key="u1").title == "x"
+    memory.delete_message(tenant, thread, second.message_id, idempotency_key="u3")  # gone, but a replay: no 404
+    assert memory.update_message_outcome(tenant, thread, first.message_id, content="y",
+                                         idempotency_key="u2").replayed
+
+
+def test_a_reused_key_with_another_request_is_refused(memory, tenant):
+    created = memory.create_thread_outcome(tenant, "user_1", title="A", idempotency_key="c1")
+    assert (created.replayed, created.status) == (False, 201)
+    again = memory.create_thread_outcome(tenant, "user_1", title="A", idempotency_key="c1")
+    assert (again.replayed, again.status, again.result.thread_id) == (True, 201, created.result.thread_id)
+    with pytest.raises(IdempotencyKeyReused):
+        memory.create_thread(tenant, "user_1", title="B", idempotency_key="c1")
+    thread = created.result.thread_id
+    memory.add_messages(tenant, thread, _say(2), idempotency_key="a1")
+    with pytest.raises(IdempotencyKeyReused):
+        memory.add_messages(tenant, thread, _say(2, prefix="other"), idempotency_key="a1")
+    with pytest.raises(IdempotencyKeyReused):
+        memory.update_thread(tenant, thread, title="x", idempotency_key="a1")
+    assert memory.get_thread(tenant, thread).message_count == 2
+    assert [t.title for t in memory.list_threads(tenant, "user_1").items] == ["A"]
+
+
+def test_a_replay_after_the_target_was_deleted_is_not_a_server_error(memory, tenant):
+    thread = memory.create_thread(tenant, "user_1").thread_id
+    message = memory.add_message(tenant, thread, "user", "hi")
+    edited = memory.update_message(tenant, thread, message.message_id, content="edited", idempotency_key="e1")
+    memory.delete_message(tenant, thread, message.message_id)
+    replayed = memory.update_message_outcome(tenant, thread, message.message_id, content="edited",
+                                             idempotency_key="e1")
+    assert replayed.replayed and replayed.result.content == "edited" and replayed.result.seq == edited.seq
+    memory.delete_thread(tenant, thread)
+    with pytest.raises(NotFound):
+        memory.update_message(tenant, thread, message.message_id, content="edited", idempotency_key="e1")
+
+
+def test_lost_races_that_never_end_are_busy_not_conflict(memory, tenant, monkeypatch):
+    thread = memory.create_thread(tenant, "user_1").thread_id
+    message = memory.add_message(tenant, thread, "user", "hi")
+    def lose(*args, **kwargs):
+        raise PreconditionFailed("someone else won")
+
+    monkeypatch.setattr(memory._table, "batch", lose)
+    monkeypatch.setattr(memory._table, "update", lose)
+    with pytest.raises(Busy):
+        memory.add_message(tenant, thread, "user", "again")
+    with pytest.raises(Busy):
+        memory.update_message(tenant, thread, message.message_id, content="x")
+    with pytest.raises(Busy):
+        memory.update_thread(tenant, thread, title="x")
+    monkeypatch.undo()
+    # A client's stale If-Match stays a 412, decided, never retried into a 503.
+    with pytest.raises(PreconditionFailed):
+        memory.update_thread(tenant, thread, title="x", if_match="0" * 32)
+    assert memory.get_thread(tenant, thread).message_count == 1
+
+
+def test_every_row_carries_fmt_and_rows_without_it_are_still_read(stores, memory, tenant, monkeypatch):
+    thread = memory.create_thread(tenant, "user_1", idempotency_key="f1").thread_id
+    memory.add_messages(tenant, thread, _say(2), idempotency_key="f2")
+    rows = _raw_rows(stores, f"{tenant}|t|{thread}") + _raw_rows(stores, f"{tenant}|r|user_1")
+    assert len(rows) == 6 and all(row.get("fmt") == 1 for row in rows), [(r.row_key, r.get("fmt")) for r in rows]
+
+    # Rows of the earlier format: no fmt, the created key on the thread, an append marker with seqs.
+    raw = stores.table(names.TABLE_MEMORY).table
+    old = "legacy"
+    pk = f"{tenant}|t|{old}"
+    now = time.time()
+    index_rk = f"{10**19 - int(now * 1e6):019d}|{old}|00000000"
+    raw.insert(Entity(f"{tenant}|r|user_2", index_rk, {"thread_id": old, "created_at": now}))
+    raw.insert(Entity(pk, "thread", {"resource": "user_2", "created_at": now, "updated_at": now,
+                                     "message_count": 1, "last_seq": 1, "index_rk": index_rk}))
+    raw.insert(Entity(pk, f"m|{10**12 - 2:012d}", {"role": "user", "text": "old", "message_id": "msg_000000000001_abcdef01",
+                                                   "seq": 1, "created_at": now, "updated_at": now}))
+    raw.insert(Entity(pk, marker_row("old-turn"), {"first_seq": 1, "last_seq": 1}))
+    assert [m.content for m in memory.history(tenant, old).items] == ["old"]
+    replay = memory.add_messages_outcome(tenant, old, _say(1), idempotency_key="old-turn")
+    assert replay.replayed and [m.message_id for m in replay.result] == ["msg_000000000001_abcdef01"]
+    assert [t.thread_id for t in memory.list_threads(tenant, "user_2").items] == [old]
+    memory.delete_thread(tenant, old)
+    assert _partition(stores, tenant, old) == []
+
+
+def _interrupted_deletes(memory, tenant: str, count: int, monkeypatch) -> list[str]:
+    threads = [memory.create_thread(tenant, "user_1").thread_id for _ in range(count)]
+    for thread in threads:
+        memory.add_message(tenant, thread, "user", "hi")
+    monkeypatch.setattr(memory._table, "batch", lambda ops: (_ for _ in ()).throw(Crash("killed")))
+    for thread in threads:
+        with pytest.raises(Crash):
+            memory.delete_thread(tenant, thread)
+    monkeypatch.undo()
+    return threads
+
+
+def test_the_timer_keeps_finishing_deletions_while_they_remain_and_is_fair_across_tenants(stores, memory, tenant,
+                                                                                        monkeypatch):
+    busy = _interrupted_deletes(memory, tenant, 12, monkeypatch)
+    other_tenant = tenant + "b"
+    other = _interrupted_deletes(memory, other_tenant, 1, monkeypatch)
+    later = time.time() + DELETION_GRACE_SECONDS + 5
+    # One run of 11 records: the busy tenant's backlog takes its turn, the other tenant is served too.
+    assert memory.finish_deletions(now=later, limit=11) == 11
+    assert _partition(stores, other_tenant, other[0]) == []
+    assert sum(bool(_partition(stores, tenant, t)) for t in busy) == 2
+    # Without a limit the run keeps going while work remains.
+    assert memory.finish_deletions(now=later) >= 2
+    assert all(_partition(stores, tenant, t) == [] for t in busy) and _index(stores, tenant, "user_1") == []
+    assert memory.finish_deletions(now=later) == 0
+
+
+def test_deletion_records_of_the_earlier_layout_are_still_finished(stores, memory, tenant):
+    thread = memory.create_thread(tenant, "user_1").thread_id
+    memory.add_message(tenant, thread, "user", "hi")
+    raw = stores.table(names.TABLE_MEMORY).table
+    filed = time.time()
+    record = f"{int(filed):012d}|{tenant}|{thread}|0badf00d"
+    raw.insert(Entity("!deleting", record, {"tenant": tenant, "thread_id": thread}))
+    row = raw.get(f"{tenant}|t|{thread}", "thread")
+    raw.update(Entity(row.partition_key, row.row_key, {**row.properties, "deleting": True,
+                                                       "deleting_record": record}), if_match=row.etag)
+    with pytest.raises(NotFound):
+        memory.get_thread(tenant, thread)
+    assert memory.finish_deletions(now=filed + DELETION_GRACE_SECONDS + 5) >= 1
+    assert _partition(stores, tenant, thread) == [] and _index(stores, tenant, "user_1") == []
+    assert [e.row_key for e in raw.query_all("!deleting") if e.row_key == record] == []
+
+
+def test_memory_errors_have_their_own_types_and_members(memory, tenant):
+    thread = memory.create_thread(tenant, "user_1", thread_id="mine").thread_id
+    with pytest.raises(ThreadAlreadyExists) as taken:
+        memory.create_thread(tenant, "user_1", thread_id=thread)
+    assert taken.value.thread_id == thread and taken.value.status == 409
+    with pytest.raises(ThreadNotFound) as missing:
+        memory.get_thread(tenant, "nope")
+    assert missing.value.thread_id == "nope" and missing.value.title == "Thread not found"
+    with pytest.raises(MessageNotFound) as gone:
+        memory.get_message(tenant, thread, "msg_000000000001_00000000")
+    assert (gone.value.thread_id, gone.value.message_id) == (thread, "msg_000000000001_00000000")
+
+
+def test_concurrent_first_applications_of_one_request_apply_once(stores, memory, tenant):
+    barrier = threading.Barrier(4)
+
+    def create(_: int):
+        barrier.wait()
+        return memory.create_thread_outcome(tenant, "user_1", title="once", idempotency_key="race-create")
+
+    with ThreadPoolExecutor(4) as pool:
+        created = list(pool.map(create, range(4)))
+    assert len({o.result.thread_id for o in created}) == 1 and sum(not o.replayed for o in created) == 1
+    assert len(_index(stores, tenant, "user_1")) == 1  # the losers removed the index entries they wrote
+    thread = created[0].result.thread_id
+
+    barrier = threading.Barrier(4)
+
+    def append(_: int):
+        barrier.wait()
+        return memory.add_messages_outcome(tenant, thread, _say(2), idempotency_key="race-append")
+
+    with ThreadPoolExecutor(4) as pool:
+        appended = list(pool.map(append, range(4)))
+    assert {tuple(m.seq for m in o.result) for o in appended} == {(1, 2)}
+    assert sum(not o.replayed for o in appended) == 1
+    assert memory.get_thread(tenant, thread).message_count == 2
+
+
+def test_a_delete_key_cannot_be_reused_to_delete_another_thread(memory, tenant):
+    first = memory.create_thread(tenant, "user_1").thread_id
+    second = memory.create_thread(tenant, "user_1").thread_id
+    assert not memory.delete_thread_outcome(tenant, first, idempotency_key="d1").replayed
+    assert memory.delete_thread_outcome(tenant, first, idempotency_key="d1").replayed
+    with pytest.raises(IdempotencyKeyReused):
+        memory.delete_thread(tenant, second, idempotency_key="d1")
+    assert memory.get_thread(tenant, second).thread_id == second
+    memory.delete_thread(tenant, second, idempotency_key="d2")

@@ -1,15 +1,17 @@
-"""Objects service: the same tests on local, Azurite and moto."""
+"""Objects service: the same tests on local, Azurite and moto (moved from tests/services/test_objects.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 
 from shared import names
-from shared.errors import InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
+from shared.errors import Busy, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
+from shared.storage.idempotency import IdempotencyKeyReused
 from shared.manager import StorageManager
 from shared.domains.objects.service import INLINE_MAX_BYTES, ObjectService
 
@@ -207,18 +209,16 @@ def test_storage_manager_facade(stores, tenant):
     assert not storage.objects.exists("notes/today")
 
 
-def test_expiry_is_spread_over_shards_and_purged_in_bounded_runs(objects, stores, tenant):
+def test_expiry_is_filed_per_tenant_and_purged_in_bounded_runs(objects, stores, tenant):
     import time
 
-    from shared.domains.objects.service import EXPIRY_PREFIX, EXPIRY_SHARDS
+    from shared.domains.objects._layout import EXPIRES_INDEX
 
     for i in range(40):
         objects.put(tenant, f"temp/{i}", b"x", ttl_seconds=30)
     objects.put(tenant, "keep", b"y")
     raw = stores.backend.table(names.TABLE_OBJECTS)
-    used = [shard for shard in range(EXPIRY_SHARDS)
-            if any(tenant in e.row_key for e in raw.query_all(f"{EXPIRY_PREFIX}{shard:02d}"))]
-    assert len(used) > 4, "40 keys should land in many of the 16 shards"
+    assert len(list(raw.query_all(EXPIRES_INDEX + tenant))) == 40  # the tenant's own partition of the due index
     later = time.time() + 60
     for _ in range(20):
         objects.purge_expired(now=later, limit=10)
@@ -226,6 +226,53 @@ def test_expiry_is_spread_over_shards_and_purged_in_bounded_runs(objects, stores
             break
     assert objects.list(tenant, "temp/").items == []
     assert [i.key for i in objects.list(tenant).items] == ["keep"]
+    assert list(raw.query_all(EXPIRES_INDEX + tenant)) == []
+
+
+def test_one_tenants_backlog_does_not_delay_another_tenants_expiry(stores, clock, tenant):
+    """Round-robin: a run that handles the first quantum of every tenant purges the quiet tenant's object."""
+    from shared.domains.objects._layout import EXPIRES_INDEX
+    from shared.storage.due import Budget, DueIndex
+
+    noisy, quiet = tenant + "n", tenant + "q"
+    service = ObjectService(stores, clock=clock)
+    for i in range(120):
+        service.put(noisy, f"wait/{i}", b"x", ttl_seconds=30)
+    service.put(quiet, "timeout", b"x", ttl_seconds=30)
+    clock.advance(31)
+    index = DueIndex(stores.table(names.TABLE_OBJECTS), EXPIRES_INDEX, clock=clock)
+    due: dict[str, int] = {}
+    for entry in index.due(clock.now, Budget(seconds=60)):  # read only: nothing is done
+        due[entry.tenant] = due.get(entry.tenant, 0) + 1
+    first_round = sum(min(index.quantum, n) for n in due.values())  # every tenant's first turn (others' too)
+    assert due[noisy] == 120 and due[quiet] == 1
+    service.purge_expired(budget=Budget(seconds=60, items=first_round))
+    with pytest.raises(NotFound):
+        ObjectService(stores).get(quiet, "timeout")  # gone on a real clock too: purged, not just expired
+    assert _rows(stores, quiet) == []
+    assert len([rk for rk in _rows(stores, noisy) if rk.startswith("h|")]) >= 120 - index.quantum
+    service.purge_expired()  # the rest, within the default time budget
+    assert _rows(stores, noisy) == []
+
+
+def test_entries_of_the_earlier_expiry_index_are_still_purged(timed, stores, clock, tenant):
+    from shared.backends import Entity
+    from shared.domains.objects._layout import EXPIRES_INDEX, expiry_partition, expiry_rk
+
+    old = timed.put(tenant, "old", b"x", ttl_seconds=30)
+    table = stores.table(names.TABLE_OBJECTS)
+    for entry in list(table.query_all(EXPIRES_INDEX + tenant)):  # as the earlier release filed it instead
+        table.delete(entry.partition_key, entry.row_key)
+    legacy = Entity(expiry_partition(tenant, "old"), expiry_rk(clock.now + 30, tenant, "old", old.version_id),
+                    {"key": "old"})
+    table.upsert(legacy)
+    timed.purge_expired()
+    assert table.get(legacy.partition_key, legacy.row_key)  # not due yet: kept
+    clock.advance(31)
+    assert timed.purge_expired() >= 1
+    assert _rows(stores, tenant) == []
+    with pytest.raises(NotFound):
+        table.get(legacy.partition_key, legacy.row_key)
 
 
 # --------------------------------------------------------------------------- If-Match: * (RFC 9110)
@@ -447,3 +494,131 @@ def test_a_listing_token_works_only_for_its_tenant_and_prefix(objects, tenant):
         objects.list(tenant, "a/1", limit=1, continuation=token)
     versions_token = objects.versions(tenant, "a/0", limit=1).continuation
     assert versions_token is None  # one version: no token
+
+
+# --------------------------------------------------------------------------- idempotency (issue 9: one marker format)
+
+
+def test_a_replay_answers_the_first_result_and_status(objects, tenant):
+    first = objects.put_outcome(tenant, "k", b"1", "text/plain", idempotency_key="once")
+    assert (first.status, first.replayed) == (201, False)
+    again = objects.put_outcome(tenant, "k", b"1", "text/plain", idempotency_key="once")
+    assert (again.status, again.replayed, again.result) == (201, True, first.result)
+    second = objects.put_outcome(tenant, "k", b"2", "text/plain", idempotency_key="twice")
+    assert (second.status, second.replayed) == (200, False)
+    assert objects.put_outcome(tenant, "k", b"2", "text/plain", idempotency_key="twice").status == 200
+    assert len(objects.versions(tenant, "k").items) == 2
+
+
+@pytest.mark.parametrize("other", [
+    {"key": "other"}, {"data": b"another body"}, {"data": BIG}, {"content_type": "application/json"},
+    {"ttl_seconds": 60}, {"if_match": "*"},
+], ids=["key", "body", "big-body", "content-type", "ttl", "condition"])
+def test_a_key_reused_with_another_put_is_refused_and_writes_nothing(objects, stores, tenant, other):
+    request = {"key": "k", "data": b"body", "content_type": "text/plain"}
+    first = objects.put(tenant, idempotency_key="reused", **request)
+    rows, blobs = _rows(stores, tenant), _blob_keys(stores, tenant)
+    with pytest.raises(IdempotencyKeyReused) as refused:
+        objects.put(tenant, idempotency_key="reused", **(request | other))
+    assert refused.value.status == 422
+    assert _rows(stores, tenant) == rows and _blob_keys(stores, tenant) == blobs
+    assert objects.head(tenant, "k") == first
+
+
+def test_a_delete_with_a_key_replays_after_the_object_is_gone(objects, tenant):
+    objects.put(tenant, "k", b"1")
+    first = objects.delete_outcome(tenant, "k", idempotency_key="del")
+    assert (first.replayed, first.status) == (False, 204)
+    again = objects.delete_outcome(tenant, "k", idempotency_key="del")  # not NotFound: the marker answers
+    assert (again.replayed, again.status) == (True, 204)
+    objects.put(tenant, "k", b"2")
+    objects.delete(tenant, "k", idempotency_key="del")  # a replay: the new object stays
+    assert objects.get(tenant, "k").data == b"2"
+    with pytest.raises(IdempotencyKeyReused):
+        objects.delete(tenant, "other", idempotency_key="del")
+    with pytest.raises(IdempotencyKeyReused):  # the same key for a put is another request too
+        objects.put(tenant, "k", b"2", idempotency_key="del")
+
+
+def test_a_marker_of_the_earlier_format_still_replays(objects, stores, tenant):
+    from shared.backends import Entity
+    from shared.domains.objects._layout import legacy_marker_rk
+
+    first = objects.put(tenant, "k", b"1", "text/plain")
+    answer = {"key": "k", "version": first.version_id, "size": first.size, "content_type": first.content_type,
+              "created_at": first.created_at, "updated_at": first.updated_at, "expires_at": None}
+    stores.table(names.TABLE_OBJECTS).insert(Entity(tenant, legacy_marker_rk("old-key"), answer))
+    assert objects.put(tenant, "k", b"other", idempotency_key="old-key") == first
+    assert len(objects.versions(tenant, "k").items) == 1
+
+
+# --------------------------------------------------------------------------- races: Busy, never a conflict
+
+
+class _AlwaysLosing:
+    """A table whose every batch loses its race, as under a write storm."""
+
+    def __init__(self, table) -> None:
+        self._table = table
+        self.batches = 0
+
+    def batch(self, operations):
+        self.batches += 1
+        raise PreconditionFailed("the ETag moved")
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+
+def test_retries_that_run_out_raise_busy(objects, tenant):
+    objects.put(tenant, "k", b"1")
+    losing = _AlwaysLosing(objects._table)
+    objects._table = losing
+    with pytest.raises(Busy) as busy:
+        objects.put(tenant, "k", b"2")
+    assert busy.value.status == 503 and losing.batches > 1
+    with pytest.raises(Busy):
+        objects.delete(tenant, "k")
+    objects._table = losing._table
+    assert objects.get(tenant, "k").data == b"1"
+
+
+def test_a_delete_of_more_versions_than_one_batch_takes_them_all(objects, stores, tenant):
+    for i in range(105):
+        objects.put(tenant, "many", str(i).encode())
+    objects.put(tenant, "many", BIG)
+    objects.delete(tenant, "many")
+    assert _rows(stores, tenant) == [] and _blob_keys(stores, tenant) == []
+    with pytest.raises(NotFound):
+        objects.versions(tenant, "many")
+
+
+# --------------------------------------------------------------------------- row format
+
+
+def test_every_row_written_carries_fmt_and_rows_of_the_earlier_format_are_read(objects, stores, tenant):
+    """Format 2 stores timestamps as epoch seconds; format 1 (no ``fmt``) stored ISO-8601 text."""
+    from shared.domains.objects._layout import EXPIRES_INDEX, ROW_FMT
+
+    objects.put(tenant, "k", b"1", idempotency_key="f")
+    current = objects.put(tenant, "k", BIG, ttl_seconds=60)
+    table = stores.table(names.TABLE_OBJECTS)
+    rows = list(table.query_all(tenant))
+    markers = [row for row in rows if row.row_key.startswith("i|")]
+    data_rows = [row for row in rows if not row.row_key.startswith("i|")]
+    assert len(markers) == 1 and markers[0].get("fmt") == 1  # the shared marker format
+    assert data_rows and all(row.get("fmt") == ROW_FMT == 2 for row in data_rows)
+    assert all(isinstance(row["created_at"], float) for row in data_rows)
+    assert [e.get("fmt") for e in table.query_all(EXPIRES_INDEX + tenant)] == [ROW_FMT]
+    shown = objects.versions(tenant, "k").items
+    for row in data_rows:  # as the earlier release wrote them: no fmt, ISO-8601 timestamps
+        props = {k: v for k, v in row.properties.items() if k != "fmt"}
+        for name in ("created_at", "updated_at", "expires_at"):
+            if name in props:
+                props[name] = datetime.fromtimestamp(props[name], tz=timezone.utc).isoformat()
+        table.upsert(type(row)(row.partition_key, row.row_key, props))
+    assert objects.get(tenant, "k").data == BIG
+    assert objects.head(tenant, "k") == current
+    assert objects.versions(tenant, "k").items == shown
+    assert [i.key for i in objects.list(tenant).items] == ["k"]
+    assert objects.put(tenant, "k", b"3", if_match=current.version_id).created_at == current.created_at

@@ -12,20 +12,23 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from shared import names
-from shared.backends import Entity
+from shared.backends import Entity, TableOp
 from shared.commands import CommandProcessor
-from shared.errors import Conflict, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
-from shared.manager import StorageManager
-from shared.domains.workflows.service import (
+from shared.domains.workflows.models import (
     CurrentStep,
     IllegalTransition,
+    NotAwaitingApproval,
     Resumed,
     SuspendReason,
     WaitingForEvent,
-    WorkflowService,
     WorkflowStatus,
     parse_reason,
 )
+from shared.domains.workflows.service import WorkflowService
+from shared.errors import Busy, Conflict, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
+from shared.manager import StorageManager
+from shared.storage.idempotency import IdempotencyKeyReused, marker_row
+from shared.storage.retry import DEFAULT_POLICY
 
 
 @pytest.fixture
@@ -269,7 +272,7 @@ def test_a_redelivery_readies_nothing_twice_even_after_a_crash_or_a_new_wait(wor
     waiting_again = suspend(workflows, tenant, "w", wait_for("data_ready"))
     # As if the first delivery had crashed before recording its count: each workflow's marker still holds.
     index = stores.backend.table(names.TABLE_WORKFLOWS)
-    for entry in index.query(f"{tenant}|dl|data_ready").items:
+    for entry in index.query(f"{tenant}|dl").items:
         index.delete(entry.partition_key, entry.row_key)
     assert workflows.deliver_event(tenant, "data_ready", {"v": 1}, delivery_id="d1") == 0
     assert workflows.get(tenant, "w").etag == waiting_again.etag and not workflows.get(tenant, "w").ready
@@ -309,11 +312,11 @@ def test_delivery_reads_the_event_index_not_every_workflow(workflows, tenant):
         suspend(workflows, tenant, f"busy{i:02d}", wait_for("something-else"))
     suspend(workflows, tenant, "waiting-a", wait_for("data_ready"))
     suspend(workflows, tenant, "waiting-b", wait_for("data_ready"))
-    workflows._table, workflows._index = _Recording(workflows._table), _Recording(workflows._index)
+    workflows._table = _Recording(workflows._table)
     assert workflows.deliver_event(tenant, "data_ready", None) == 2
-    assert set(workflows._index.queried) == {f"{tenant}|e|data_ready"}
-    touched = {pk for pk in workflows._table.read + workflows._table.queried}
-    assert touched == {f"{tenant}|w|waiting-a", f"{tenant}|w|waiting-b"}
+    assert set(workflows._table.queried) == {f"{tenant}|e|data_ready"}
+    # Each waiting workflow's partition, and its (now stale) entry in the event index, read before removal.
+    assert set(workflows._table.read) == {f"{tenant}|w|waiting-a", f"{tenant}|w|waiting-b", f"{tenant}|e|data_ready"}
 
 
 # --------------------------------------------------------------------------- timers
@@ -420,8 +423,11 @@ def test_approval_makes_ready_once(workflows, tenant):
     approved = workflows.approve(tenant, "w", approved_by="alice", comment="fine")
     assert approved.ready and approved.ready_reason == "approval" and approved.wait_until is None
     assert approved.approval["approved_by"] == "alice" and approved.approval["comment"] == "fine"
-    with pytest.raises(Conflict, match="already"):
+    assert datetime.fromisoformat(approved.approval["approved_at"]).tzinfo is not None  # stored as epoch s
+    with pytest.raises(NotAwaitingApproval, match="already") as caught:
         workflows.approve(tenant, "w")
+    assert isinstance(caught.value, Conflict) and caught.value.status == 409
+    assert caught.value.title == "Not awaiting approval" and caught.value.ready_reason == "approval"
     workflows.process_due(now=time.time() + 900)  # approved in time: no timeout
     assert workflows.resume(tenant, "w").workflow.ready_reason == "approval"
     suspend(workflows, tenant, "e", wait_for("x"))
@@ -600,3 +606,134 @@ def test_the_schemas_say_what_validation_enforces():
     assert WaitingForEvent(event_id="go").kind == "event"
     assert parse_reason(WaitingForEvent(event_id="go")) == WaitingForEvent(event_id="go")
     assert parse_reason({"kind": "schedule", "resume_at": datetime(2030, 1, 1, tzinfo=UTC)}).resume_at.year == 2030
+
+
+# --------------------------------------------------------------------------- mechanics shared with every domain
+
+
+def test_a_replay_answers_the_first_result_and_status(workflows, tenant):
+    first = workflows.suspend_outcome(tenant, "w", workflow_name="etl", resource="user:1", current_step="a",
+                                      context_state={"n": 1}, reason={"kind": "manual"}, idempotency_key="k1")
+    assert first.status == 201 and not first.replayed
+    workflows.resume(tenant, "w")
+    again = workflows.suspend_outcome(tenant, "w", workflow_name="etl", resource="user:1", current_step="a",
+                                      context_state={"n": 1}, reason={"kind": "manual"}, idempotency_key="k1")
+    assert again.replayed and again.status == 201 and again.result == first.result  # as first answered
+    assert workflows.get(tenant, "w").status is WorkflowStatus.RUNNING  # nothing applied twice
+    applied = workflows.transition_outcome(tenant, "w", "completed", detail="ok", idempotency_key="k2")
+    replayed = workflows.transition_outcome(tenant, "w", "completed", detail="ok", idempotency_key="k2")
+    assert replayed.replayed and replayed.result == applied.result and replayed.status == 200
+
+
+def test_an_idempotency_key_reused_for_another_request_is_422_and_writes_nothing(workflows, tenant):
+    suspend(workflows, tenant, "w", context={"n": 1}, idempotency_key="k1")
+    before = workflows.get(tenant, "w")
+    reuses = [
+        lambda: suspend(workflows, tenant, "w", context={"n": 2}, idempotency_key="k1"),  # other body
+        lambda: suspend(workflows, tenant, "w", step="other", idempotency_key="k1"),
+        lambda: workflows.cancel(tenant, "w", idempotency_key="k1"),  # other op
+    ]
+    for reuse in reuses:
+        with pytest.raises(IdempotencyKeyReused) as caught:
+            reuse()
+        assert caught.value.status == 422
+    assert workflows.get(tenant, "w").etag == before.etag
+    workflows.cancel(tenant, "w", detail="a", idempotency_key="c1")
+    with pytest.raises(IdempotencyKeyReused):
+        workflows.cancel(tenant, "w", detail="b", idempotency_key="c1")
+
+
+def test_a_delivery_id_reused_for_another_event_or_payload_is_422(workflows, tenant):
+    suspend(workflows, tenant, "w", wait_for("go"))
+    assert workflows.deliver_event_outcome(tenant, "go", {"v": 1}, delivery_id="d1").result == 1
+    replay = workflows.deliver_event_outcome(tenant, "go", {"v": 1}, delivery_id="d1")
+    assert replay.replayed and replay.result == 1
+    for event_id, payload in (("go", {"v": 2}), ("other", {"v": 1})):
+        with pytest.raises(IdempotencyKeyReused):
+            workflows.deliver_event(tenant, event_id, payload, delivery_id="d1")
+
+
+def test_a_marker_of_an_earlier_release_replays_the_current_state(workflows, stores, tenant):
+    created = suspend(workflows, tenant, "w")
+    stores.table(names.TABLE_WORKFLOWS).insert(Entity(f"{tenant}|w|w", marker_row("old-key"), {"at": 1.0}))
+    again = suspend(workflows, tenant, "w", context={"other": True}, idempotency_key="old-key")
+    assert again.etag == created.etag and again.suspensions == 1
+
+
+class _AlwaysLosing:
+    """Delegates to a table, but every conditional write loses its race (a test spy, not a backend)."""
+
+    def __init__(self, table) -> None:
+        self._table = table
+        self.batches = 0
+
+    def batch(self, operations):
+        self.batches += 1
+        raise PreconditionFailed("the ETag moved")
+
+    def update(self, entity, *, if_match=None):
+        return self.batch([entity])
+
+    def insert(self, entity):
+        return self.batch([entity])
+
+    def __getattr__(self, name):
+        return getattr(self._table, name)
+
+
+def test_exhausted_retries_are_busy_503_not_a_conflict(workflows, tenant):
+    suspend(workflows, tenant, "w")
+    losing = workflows._table = _AlwaysLosing(workflows._table)
+    with pytest.raises(Busy) as caught:
+        workflows.resume(tenant, "w")
+    assert caught.value.status == 503 and not isinstance(caught.value, Conflict)
+    assert losing.batches == DEFAULT_POLICY.attempts
+    with pytest.raises(PreconditionFailed):  # a client's stale If-Match stays a 412, decided once
+        workflows.resume(tenant, "w", if_match="999")
+    assert losing.batches == DEFAULT_POLICY.attempts
+
+
+def test_every_row_carries_fmt(workflows, stores, tenant):
+    suspend(workflows, tenant, "w", wait_for("go", 600), idempotency_key="k1")
+    workflows.deliver_event(tenant, "go", {"x": 1}, delivery_id="d1")
+    table = stores.table(names.TABLE_WORKFLOWS)
+    partitions = [f"{tenant}|w|w", f"{tenant}|a", f"{tenant}|st|suspended", f"{tenant}|ready", f"{tenant}|dl",
+                  workflows._due.partition(tenant)]
+    rows = [row for partition in partitions for row in table.query_all(partition)]
+    assert {row.partition_key for row in rows} == set(partitions)
+    assert all(row.get("fmt") == 1 for row in rows), [(r.partition_key, r.row_key) for r in rows
+                                                       if r.get("fmt") != 1]
+
+
+def test_thousands_of_short_waits_of_one_tenant_do_not_delay_another_tenants_timeout(workflows, stores, tenant):
+    start = time.time()
+    suspend(workflows, tenant, "mine", wait_for("never", 60))
+    noisy = tenant + "noisy"
+    due = workflows._due
+    # The noisy tenant's waits, filed as suspensions in flight would leave them (their workflows are not written).
+    due.file(noisy, "ghost-0|1|timeout", int(start) + 60)
+    rows = [Entity(due.partition(noisy), due.row_key(int(start) + 60, f"ghost-{i}|1|timeout"), {"fmt": 1})
+            for i in range(1, 2000)]
+    raw = stores.backend.table(names.TABLE_WORKFLOWS)
+    for offset in range(0, len(rows), 100):
+        raw.batch([TableOp.upsert(row) for row in rows[offset:offset + 100]])
+
+    counts = workflows.process_due(now=start + 90, limit=300)  # one run, far fewer items than the backlog
+    assert workflows.get(tenant, "mine").status is WorkflowStatus.TIMED_OUT
+    assert counts["timed_out"] >= 1 and sum(counts.values()) <= 300
+    assert len(list(raw.query_all(due.partition(noisy)))) == 2000  # in flight: kept for the next runs
+    assert workflows.process_due(now=start + 90, seconds=0) == {"timed_out": 0, "readied": 0, "skipped": 0}
+
+
+def test_waits_filed_in_the_due_shards_of_an_earlier_release_still_time_out(workflows, stores, tenant):
+    start = time.time()
+    suspend(workflows, tenant, "w", wait_for("never", 60))
+    table = stores.table(names.TABLE_WORKFLOWS)
+    for entry in list(table.query_all(workflows._due.partition(tenant))):
+        table.delete(entry.partition_key, entry.row_key)
+    legacy = Entity("!due|07", f"{int(start) + 60:012d}|{tenant}|w|1|timeout")
+    table.upsert(legacy)
+    workflows.process_due(now=start + 90)
+    assert workflows.get(tenant, "w").status is WorkflowStatus.TIMED_OUT
+    with pytest.raises(NotFound):
+        table.get(legacy.partition_key, legacy.row_key)

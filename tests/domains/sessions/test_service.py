@@ -10,11 +10,25 @@ import uuid
 import pytest
 
 from shared import names
+from shared.backends import Entity
 from shared.commands import CommandProcessor
-from shared.errors import AlreadyExists, Conflict, InvalidInput, InvalidKey, NotFound, PreconditionFailed, TooLarge
-from shared.manager import StorageManager
 from shared.domains.memory.service import MemoryService
-from shared.domains.sessions.service import SessionNotActive, SessionService, SessionStatus
+from shared.domains.sessions import service as service_module
+from shared.domains.sessions.service import EXPIRY_QUANTUM, SessionNotActive, SessionService, SessionStatus
+from shared.errors import (
+    AlreadyExists,
+    Busy,
+    Conflict,
+    InvalidInput,
+    InvalidKey,
+    NotFound,
+    PreconditionFailed,
+    TooLarge,
+)
+from shared.manager import StorageManager
+from shared.storage.due import Budget
+from shared.storage.idempotency import IdempotencyKeyReused, marker_row
+from shared.storage.retry import RetryPolicy
 
 # Expiry tests run on a clock of their own in the past, each earlier than the one before:
 # Azurite is shared by the session, and the idle index is cross-tenant, so a test's
@@ -365,8 +379,7 @@ def test_idle_sessions_expire_and_active_ones_are_refiled(stores, tenant):
     assert sessions.list_active(tenant, "u").items == []
     with pytest.raises(SessionNotActive, match="expired"):
         sessions.record(tenant, busy.session_id)
-    idle_entries = [e for shard in range(16) for e in stores.table(names.TABLE_SESSIONS).table.query_all(
-        f"!idle|{shard:02d}", end=f"{int(start) + 1000:012d}") if f"|{tenant}|" in e.row_key]
+    idle_entries = list(stores.table(names.TABLE_SESSIONS).query_all(f"!idle|t|{tenant}"))
     assert idle_entries == [], "every handled index entry was removed"
 
 
@@ -496,3 +509,143 @@ def test_storage_manager_offers_the_tenant_scoped_methods(stores, tenant):
     assert [s.session_id for s in storage.sessions.list_active("user-1").items] == [session.session_id]
     assert storage.sessions.end(session.session_id).status is SessionStatus.COMPLETED
     assert "expire_idle" not in dir(storage.sessions)
+
+
+# --------------------------------------------------------------------------- shared mechanics (issue #9)
+
+
+def test_idle_expiry_is_fair_across_tenants_within_one_run(stores, tenant):
+    """One tenant with many due sessions does not delay another tenant's expiry beyond one run."""
+    start = _past_clock()
+    sessions = SessionService(stores)
+    sessions.idle_seconds = 100
+    busy, quiet = tenant + "-busy", tenant + "-quiet"
+    many = EXPIRY_QUANTUM + 15
+    for i in range(many):
+        sessions.create(busy, "u", session_id=f"b{i:03d}", now=start)
+    sessions.create(quiet, "u", session_id="q", now=start + 1)
+    # One run that can handle one quantum of the busy tenant and the quiet tenant's one session:
+    # whichever tenant's turn comes first, the quiet one is served in this run.
+    assert sessions.expire_idle(now=start + 200, limit=EXPIRY_QUANTUM + 1) == EXPIRY_QUANTUM + 1
+    assert sessions.get(quiet, "q").status is SessionStatus.EXPIRED
+    left = [s for s in (sessions.get(busy, f"b{i:03d}") for i in range(many)) if s.status is SessionStatus.ACTIVE]
+    assert len(left) == many - EXPIRY_QUANTUM
+    # Without a count limit a run keeps working while work remains (within its time budget).
+    assert sessions.expire_idle(now=start + 200, budget=Budget(seconds=60)) == many - EXPIRY_QUANTUM
+    assert sessions.list_active(busy, "u").items == []
+
+
+def test_the_timer_job_runs_on_a_time_budget(stores, tenant):
+    from shared.domains.sessions import DOMAIN
+
+    job = next(j for j in DOMAIN.jobs if j.name == "expire_idle_sessions")
+    assert job.schedule == "45 */5 * * * *"
+    sessions = SessionService(stores)
+    assert isinstance(job.run(sessions), int)
+
+
+def test_an_idempotency_key_reused_for_another_request_is_422_and_changes_nothing(sessions, tenant):
+    session = sessions.create(tenant, "u")
+    sid = session.session_id
+    first = sessions.record(tenant, sid, requests=2, idempotency_key="k-record")
+    sessions.record(tenant, sid, requests=1)
+    replay = sessions.record(tenant, sid, requests=2, idempotency_key="k-record")
+    assert replay == first, "a replay answers the original result"
+    with pytest.raises(IdempotencyKeyReused):
+        sessions.record(tenant, sid, requests=3, idempotency_key="k-record")
+    with pytest.raises(IdempotencyKeyReused):
+        sessions.update_metadata(tenant, sid, {"a": 1}, idempotency_key="k-record")  # another op
+    assert sessions.get(tenant, sid).request_count == 3
+
+    meta = sessions.update_metadata(tenant, sid, {"a": 1}, idempotency_key="k-meta")
+    assert sessions.update_metadata(tenant, sid, {"a": 1}, idempotency_key="k-meta") == meta
+    with pytest.raises(IdempotencyKeyReused):
+        sessions.update_metadata(tenant, sid, {"a": 2}, idempotency_key="k-meta")
+
+    ctx = sessions.put_context(tenant, sid, {"step": 1}, idempotency_key="k-ctx")
+    sessions.put_context(tenant, sid, {"step": 2})
+    again = sessions.put_context_outcome(tenant, sid, {"step": 1}, idempotency_key="k-ctx")
+    assert again.replayed and again.result == ctx and again.status == 201
+    with pytest.raises(IdempotencyKeyReused):
+        sessions.put_context(tenant, sid, {"step": 3}, idempotency_key="k-ctx")
+    assert sessions.get_context(tenant, sid).context == {"step": 2}, "a replay does not revert a newer write"
+
+    ended = sessions.end(tenant, sid, "failed", reason="x", idempotency_key="k-end")
+    assert sessions.end(tenant, sid, "failed", reason="x", idempotency_key="k-end") == ended
+    with pytest.raises(IdempotencyKeyReused):
+        sessions.end(tenant, sid, "completed", idempotency_key="k-end")
+
+
+def test_a_queue_command_reusing_a_key_with_another_payload_is_poisoned(stores, sessions, tenant):
+    processor = CommandProcessor(stores)
+    session = sessions.create(tenant, "u")
+    key = uuid.uuid4().hex
+    first = _envelope("sessions.record", tenant, {"session_id": session.session_id, "requests": 1}, key)
+    assert processor.process(first).status == "applied"
+    other = _envelope("sessions.record", tenant, {"session_id": session.session_id, "requests": 5}, key)
+    outcome = processor.process(other)
+    assert outcome.status == "poisoned" and "idempotency key" in outcome.detail
+    assert processor.process(first).status == "duplicate"
+    assert sessions.get(tenant, session.session_id).request_count == 1
+
+    create = _envelope("sessions.create", tenant, {"session_id": "qc", "user_id": "u"}, "create-key")
+    assert processor.process(create).status == "applied"
+    assert processor.process(create).status == "duplicate"
+    assert [s.session_id for s in sessions.list_active(tenant, "u").items].count("qc") == 1
+
+
+def test_exhausted_retries_are_busy_not_conflict(stores, tenant, monkeypatch):
+    sessions = SessionService(stores)
+    session = sessions.create(tenant, "u")
+    monkeypatch.setattr(service_module, "_POLICY", RetryPolicy(attempts=3, base=0.0, cap=0.0))
+
+    def always_lose(*args, **kwargs):
+        raise PreconditionFailed("the ETag moved")
+
+    for write in ("insert", "update", "batch"):
+        monkeypatch.setattr(sessions._table, write, always_lose)
+    with pytest.raises(Busy):
+        sessions.record(tenant, session.session_id)
+    with pytest.raises(Busy):
+        sessions.put_context(tenant, session.session_id, {"a": 1})
+    monkeypatch.undo()
+    with pytest.raises(PreconditionFailed):  # a client's stale If-Match stays a 412
+        sessions.update_metadata(tenant, session.session_id, {}, if_match="7")
+
+
+def test_rows_carry_fmt_and_rows_without_it_are_read(stores, sessions, tenant):
+    table = stores.table(names.TABLE_SESSIONS)
+    session = sessions.create(tenant, "alice", session_id="f1")
+    sessions.put_context(tenant, "f1", {"a": 1})
+    sessions.record(tenant, "f1", idempotency_key="k")
+    pk = f"{tenant}|s|f1"
+    assert table.get(pk, "session")["fmt"] == 2 and table.get(pk, "context")["fmt"] == 2
+    assert [row["fmt"] for row in table.query_all(f"{tenant}|u|alice")] == [2]
+    assert [row["fmt"] for row in table.query_all(pk, prefix="i|")] == [1]
+    for row_key in ("session", "context"):  # as an earlier release wrote them
+        entity = table.get(pk, row_key)
+        del entity.properties["fmt"]
+        table.update(entity, if_match=entity.etag)
+    assert sessions.get(tenant, "f1").request_count == 1 and sessions.get(tenant, "f1").version == session.version
+    assert sessions.get_context(tenant, "f1").context == {"a": 1}
+    assert sessions.record(tenant, "f1").request_count == 2
+
+
+def test_markers_and_idle_entries_of_earlier_releases_still_work(stores, tenant):
+    table = stores.table(names.TABLE_SESSIONS)
+    sessions = SessionService(stores)
+    sessions.idle_seconds = 100
+    start = _past_clock()
+    sessions.create(tenant, "u", session_id="old", now=start)
+    # A marker without a fingerprint, as releases before shared markers wrote it: a replay.
+    table.insert(Entity(f"{tenant}|s|old", marker_row("legacy-key"), {"at": start}))
+    assert sessions.record_outcome(tenant, "old", requests=4, idempotency_key="legacy-key").replayed
+    assert sessions.get(tenant, "old").request_count == 0
+    # The idle entry in the hash-sharded index of earlier releases, not in the due index.
+    for entry in list(table.query_all(f"!idle|t|{tenant}")):
+        table.delete(entry.partition_key, entry.row_key)
+    legacy = Entity("!idle|07", f"{int(start) + 100:012d}|{tenant}|old")
+    table.upsert(legacy)
+    assert sessions.expire_idle(now=start + 150) == 1
+    assert sessions.get(tenant, "old").status is SessionStatus.EXPIRED
+    assert not [e for e in table.query_all("!idle|07") if e.row_key == legacy.row_key]

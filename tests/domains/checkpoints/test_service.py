@@ -1,4 +1,4 @@
-"""Checkpoints service: the same tests on local, Azurite and moto."""
+"""Checkpoints service: the same tests on local, Azurite and moto (was tests/services/test_checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ import uuid
 
 import pytest
 
-from shared.domains.checkpoints import service as checkpoints_module
 from shared import commands, names
+from shared.backends import Entity
+from shared.domains.checkpoints import _layout
 from shared.domains.checkpoints.service import (
     VALUE_GRACE_SECONDS,
     CheckpointService,
     PruneStrategy,
     TypedValue,
-    _inverted,
 )
 from shared.errors import InvalidInput, InvalidKey, NotFound, TooLarge
 from shared.manager import StorageManager
+from shared.storage.idempotency import IdempotencyKeyReused, marker_row
 
 LATER = 10 * VALUE_GRACE_SECONDS  # seconds: "now" for maintenance that should collect garbage values
 
@@ -76,10 +77,10 @@ def put_chain(service, tenant, thread_id, count, *, ns="", run_id=None, source=l
 
 
 def test_inverted_ids_sort_newest_first_for_any_ids():
-    alphabet = checkpoints_module._ALPHABET
+    alphabet = _layout.ALPHABET
     ids = {"".join(random.choice(alphabet) for _ in range(random.randint(1, 12))) for _ in range(2000)}
     ids |= {"a", "ab", "abc", "b", "1ef0", "1ef0-1", "Z", "_", "-", "."}  # prefixes of each other
-    assert sorted(ids, key=_inverted) == sorted(ids, reverse=True)
+    assert sorted(ids, key=_layout.inverted) == sorted(ids, reverse=True)
 
 
 def test_latest_is_the_first_row_of_its_namespace_prefix(service, stores, tenant):
@@ -491,3 +492,117 @@ def test_queue_commands_apply_once_when_redelivered(service, processor, tenant):
     missing = envelope(tenant, "checkpoints.copy_thread", source_thread_id="ghost", target_thread_id="x")
     outcome = processor.process(missing)
     assert outcome.status == "poisoned" and "ghost" in outcome.detail
+
+
+# --------------------------------------------------------------------------- idempotency of maintenance (issue #9)
+
+
+def test_a_key_reused_for_another_request_is_refused_and_changes_nothing(service, processor, tenant):
+    put_chain(service, tenant, "a", 2)
+    put_chain(service, tenant, "b", 2)
+    assert service.delete_thread(tenant, "a", idempotency_key="k1") == 2
+    with pytest.raises(IdempotencyKeyReused) as raised:
+        service.delete_thread(tenant, "b", idempotency_key="k1")  # same key, other thread
+    assert raised.value.status == 422
+    with pytest.raises(IdempotencyKeyReused):
+        service.prune(tenant, ["b"], idempotency_key="k1")  # same key, other op
+    assert len(service.list(tenant, "b").items) == 2
+    first = envelope(tenant, "checkpoints.prune", thread_ids=["b"])
+    assert processor.process(first).status == "applied"
+    reused = json.loads(first)
+    reused["payload"] = {"thread_ids": ["b"], "strategy": "delete"}
+    outcome = processor.process(json.dumps(reused))
+    assert outcome.status == "poisoned" and "different request" in outcome.detail
+    assert len(service.list(tenant, "b").items) == 1
+
+
+def test_a_replay_answers_the_first_result_and_does_not_undo_newer_work(service, tenant):
+    ids = put_chain(service, tenant, "th", 3)
+    first = service.prune_outcome(tenant, ["th"], idempotency_key="p1")
+    assert (first.result, first.replayed) == (2, False)
+    newer = checkpoint_id(50)
+    service.put(tenant, "th", "", newer, cp("newer"), parent_checkpoint_id=ids[-1])
+    again = service.prune_outcome(tenant, ["th"], idempotency_key="p1")
+    assert (again.result, again.replayed) == (2, True)
+    assert [c.checkpoint_id for c in service.list(tenant, "th").items] == [newer, ids[-1]]
+    copied = service.copy_thread_outcome(tenant, "th", "copy", idempotency_key="c1")
+    service.delete_thread(tenant, "th")  # the source is gone: the replay still answers, no error
+    replay = service.copy_thread_outcome(tenant, "th", "copy", idempotency_key="c1")
+    assert replay.replayed and replay.result == copied.result == 2
+
+
+def test_nothing_found_is_not_recorded_so_the_key_stays_usable(service, tenant):
+    with pytest.raises(NotFound):
+        service.delete_thread(tenant, "ghost", idempotency_key="k")
+    put_chain(service, tenant, "ghost", 1)
+    assert service.delete_thread_outcome(tenant, "ghost", idempotency_key="k").replayed is False
+
+
+def test_markers_use_the_one_format_with_a_fingerprint(service, stores, tenant):
+    put_chain(service, tenant, "th", 1)
+    service.delete_thread(tenant, "th", idempotency_key="k")
+    raw = stores.table(names.TABLE_CHECKPOINTS).table
+    (marker,) = raw.query_all(f"{tenant}|commands")
+    assert marker.row_key == marker_row("k") and marker["fmt"] == 1 and marker["fp"] and marker["status"] == 200
+
+
+def test_markers_of_the_format_before_are_replayed_and_checked_by_op(service, stores, tenant):
+    put_chain(service, tenant, "th", 2)
+    raw = stores.table(names.TABLE_CHECKPOINTS).table
+    raw.upsert(Entity(f"{tenant}|commands", _layout.part("old-key"),
+                      {"op": "checkpoints.delete_thread", "detail": "thread th: 2 checkpoints deleted", "at": 1.0}))
+    assert service.delete_thread_outcome(tenant, "th", idempotency_key="old-key").replayed
+    assert len(service.list(tenant, "th").items) == 2
+    with pytest.raises(IdempotencyKeyReused):
+        service.prune(tenant, ["th"], idempotency_key="old-key")
+
+
+# --------------------------------------------------------------------------- mechanics (issue #9)
+
+
+def test_every_row_written_carries_fmt_and_rows_without_it_still_read(service, stores, tenant):
+    put_chain(service, tenant, "th", 2, run_id="run-1")
+    service.put_writes(tenant, "th", "", checkpoint_id(2), "task", [(0, "x", val("w")), (-1, "__error__", val("e"))])
+    raw = stores.table(names.TABLE_CHECKPOINTS).table
+    written = (rows(stores, tenant, "th", "") + list(raw.query_all(f"{tenant}|threads"))
+               + list(raw.query_all(f"{tenant}|r|run-1")))
+    assert len(written) == 2 + 3 + 2 + 2 + 1 + 1  # checkpoints, values, writes, run rows, thread, run index
+    assert all(row["fmt"] == 1 for row in written)
+    assert all(isinstance(row["at"], float) for row in written if "at" in row.properties)
+    before = service.get(tenant, "th")
+    for row in written:  # as an older release wrote them
+        raw.upsert(Entity(row.partition_key, row.row_key, {k: v for k, v in row.properties.items() if k != "fmt"}))
+    assert service.get(tenant, "th") == before
+    assert service.delete_for_runs(tenant, ["run-1"]) == 2
+
+
+def test_rows_that_keep_appearing_end_in_busy_not_conflict(service, tenant, monkeypatch):
+    from shared.errors import AlreadyExists, Busy
+
+    def always_there(operations):
+        raise AlreadyExists("a concurrent writer got there first")
+
+    monkeypatch.setattr(service._raw, "batch", always_there)
+    monkeypatch.setattr(service._table, "batch", always_there)
+    monkeypatch.setattr("shared.storage.retry.time.sleep", lambda seconds: None)
+    with pytest.raises(Busy):
+        service.put_writes(tenant, "th", "", "c1", "task", [(0, "x", val("w"))])
+
+
+def test_two_deliveries_racing_under_one_key_answer_alike_and_record_one_marker(service, stores, tenant, monkeypatch):
+    put_chain(service, tenant, "th", 3)
+    original, inner = service._prune, []
+
+    def racing(*args):
+        result = original(*args)
+        if not inner:  # the other delivery runs and records its marker while this one is still working
+            inner.append(None)
+            inner[0] = service.prune_outcome(tenant, ["th"], idempotency_key="k")
+        return result
+
+    monkeypatch.setattr(service, "_prune", racing)
+    outer = service.prune_outcome(tenant, ["th"], idempotency_key="k")
+    assert outer.replayed and not inner[0].replayed and outer.result == inner[0].result
+    raw = stores.table(names.TABLE_CHECKPOINTS).table
+    assert len(list(raw.query_all(f"{tenant}|commands"))) == 1
+    assert len(service.list(tenant, "th").items) == 1
