@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, Field, StrictInt, ValidationError
 
 from functions.auth import tenant_of
+from functions.context import context_of
 from functions.http_common import ClientJsonRoute, json_object_param, read_body
 from functions.problems import responses
 from shared.domains.checkpoints.models import (
@@ -273,7 +274,7 @@ async def _read_model(request: Request, model: type[BaseModel], limit: int) -> A
 
 def _body_limit(request: Request) -> int:
     """Base64 makes bytes 4/3 larger; allow some room for the JSON around them."""
-    max_bytes: int = request.app.state.context.checkpoints.max_bytes
+    max_bytes: int = context_of(request).checkpoints.max_bytes
     return max_bytes * 4 // 3 + 1024 * 1024
 
 
@@ -288,7 +289,7 @@ def list_threads(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     continuation: str | None = None,
 ) -> ThreadPage:
-    page = request.app.state.context.checkpoints.threads(tenant, limit=limit, continuation=continuation)
+    page = context_of(request).checkpoints.threads(tenant, limit=limit, continuation=continuation)
     return ThreadPage(items=[ThreadOut(thread_id=t.thread_id, created_at=t.created_at) for t in page.items],
                       continuation=page.continuation)
 
@@ -312,7 +313,7 @@ async def put_checkpoint(
     checkpoint = body.checkpoint.typed("checkpoint")
     values = {channel: value.typed(f"value of {channel!r}") for channel, value in body.new_values.items()}
     ref = await run_in_threadpool(
-        request.app.state.context.checkpoints.put, tenant, thread_id, checkpoint_ns, checkpoint_id, checkpoint,
+        context_of(request).checkpoints.put, tenant, thread_id, checkpoint_ns, checkpoint_id, checkpoint,
         channel_versions=body.channel_versions, new_values=values, metadata=body.metadata,
         parent_checkpoint_id=body.parent_checkpoint_id,
     )
@@ -338,7 +339,7 @@ async def put_writes(
     body: WritesPut = await _read_model(request, WritesPut, _body_limit(request))
     writes = [(w.idx, w.channel, w.value.typed(f"write to {w.channel!r}")) for w in body.writes]
     result = await run_in_threadpool(
-        request.app.state.context.checkpoints.put_writes, tenant, thread_id, checkpoint_ns, checkpoint_id,
+        context_of(request).checkpoints.put_writes, tenant, thread_id, checkpoint_ns, checkpoint_id,
         task_id, writes, task_path=body.task_path,
     )
     return WritesStored(written=result.written, kept=result.kept)
@@ -347,14 +348,14 @@ async def put_writes(
 @router.get("/threads/{thread_id}/latest", response_model=Checkpoint, responses=responses(400, 401, 404, 422),
             summary="The newest checkpoint of a namespace, with values and pending writes")
 def get_latest(request: Request, thread_id: ThreadId, tenant: Tenant, checkpoint_ns: Namespace = "") -> Checkpoint:
-    return Checkpoint.of(request.app.state.context.checkpoints.get(tenant, thread_id, checkpoint_ns))
+    return Checkpoint.of(context_of(request).checkpoints.get(tenant, thread_id, checkpoint_ns))
 
 
 @router.get("/threads/{thread_id}/checkpoints/{checkpoint_id}", response_model=Checkpoint,
             responses=responses(400, 401, 404, 422), summary="One checkpoint, with values and pending writes")
 def get_checkpoint(request: Request, thread_id: ThreadId, checkpoint_id: CheckpointId, tenant: Tenant,
                    checkpoint_ns: Namespace = "") -> Checkpoint:
-    return Checkpoint.of(request.app.state.context.checkpoints.get(tenant, thread_id, checkpoint_ns, checkpoint_id))
+    return Checkpoint.of(context_of(request).checkpoints.get(tenant, thread_id, checkpoint_ns, checkpoint_id))
 
 
 @router.get("/threads/{thread_id}/checkpoints", response_model=CheckpointPage,
@@ -376,7 +377,7 @@ def list_checkpoints(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     continuation: str | None = None,
 ) -> CheckpointPage:
-    page = request.app.state.context.checkpoints.list(
+    page = context_of(request).checkpoints.list(
         tenant, thread_id, checkpoint_ns=checkpoint_ns, before=before, metadata_filter=json_object_param(filter, "filter"),
         limit=limit, continuation=continuation)
     return CheckpointPage(items=[Checkpoint.of(item) for item in page.items], continuation=page.continuation)
@@ -385,26 +386,26 @@ def list_checkpoints(
 @router.delete("/threads/{thread_id}", status_code=204, responses=responses(400, 401, 404),
                summary="Delete a thread's checkpoints, values and pending writes")
 def delete_thread(request: Request, thread_id: ThreadId, tenant: Tenant) -> Response:
-    request.app.state.context.checkpoints.delete_thread(tenant, thread_id)
+    context_of(request).checkpoints.delete_thread(tenant, thread_id)
     return Response(status_code=204)
 
 
 @router.post("/threads/{thread_id}/copy", response_model=CopyResult, status_code=201,
              responses=responses(400, 401, 404, 422), summary="Copy a thread to another thread")
 def copy_thread(request: Request, thread_id: ThreadId, body: CopyRequest, tenant: Tenant) -> CopyResult:
-    copied = request.app.state.context.checkpoints.copy_thread(tenant, thread_id, body.target_thread_id)
+    copied = context_of(request).checkpoints.copy_thread(tenant, thread_id, body.target_thread_id)
     return CopyResult(copied=copied)
 
 
 @router.post("/threads/{thread_id}/prune", response_model=DeletedCount, responses=responses(400, 401, 404, 422),
              summary="Keep only the latest checkpoint of each namespace, or delete the thread")
 def prune_thread(request: Request, thread_id: ThreadId, body: PruneRequest, tenant: Tenant) -> DeletedCount:
-    deleted = request.app.state.context.checkpoints.prune(tenant, [thread_id], body.strategy)
+    deleted = context_of(request).checkpoints.prune(tenant, [thread_id], body.strategy)
     return DeletedCount(deleted=deleted)
 
 
 @router.post("/runs/delete", response_model=DeletedCount, responses=responses(400, 401, 404, 422),
              summary="Delete every checkpoint the given runs wrote")
 def delete_runs(request: Request, body: RunsDelete, tenant: Tenant) -> DeletedCount:
-    deleted = request.app.state.context.checkpoints.delete_for_runs(tenant, body.run_ids)
+    deleted = context_of(request).checkpoints.delete_for_runs(tenant, body.run_ids)
     return DeletedCount(deleted=deleted)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
 from functions.auth import tenant_of
+from functions.context import context_of
 from functions.http_common import ClientJsonRoute, json_object_param, quoted, unquote
 from functions.problems import responses
 from shared.domains.memory.models import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread, given
@@ -142,7 +143,7 @@ class UpdateMessageRequest(BaseModel):
              summary="Create a thread")
 def create_thread(request: Request, response: Response, tenant: Tenant, body: CreateThreadRequest,
                   idempotency_key: IdempotencyKey = None) -> ThreadOut:
-    thread = request.app.state.context.memory.create_thread(
+    thread = context_of(request).memory.create_thread(
         tenant, body.resource, thread_id=body.thread_id, title=body.title, metadata=body.metadata,
         idempotency_key=idempotency_key)
     response.headers["ETag"] = quoted(thread.etag)
@@ -165,7 +166,7 @@ def list_threads(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     continuation: str | None = None,
 ) -> ThreadPage:
-    page = request.app.state.context.memory.list_threads(
+    page = context_of(request).memory.list_threads(
         tenant, resource, metadata=json_object_param(metadata, "metadata"), limit=limit, continuation=continuation)
     return ThreadPage(items=[ThreadOut.of(t) for t in page.items], continuation=page.continuation)
 
@@ -173,7 +174,7 @@ def list_threads(
 @router.get("/threads/{thread_id}", response_model=ThreadOut, responses=responses(400, 401, 404),
             summary="Read a thread")
 def get_thread(thread_id: ThreadId, request: Request, response: Response, tenant: Tenant) -> ThreadOut:
-    thread = request.app.state.context.memory.get_thread(tenant, thread_id)
+    thread = context_of(request).memory.get_thread(tenant, thread_id)
     response.headers["ETag"] = quoted(thread.etag)
     return ThreadOut.of(thread)
 
@@ -182,7 +183,7 @@ def get_thread(thread_id: ThreadId, request: Request, response: Response, tenant
               summary="Change a thread's title and/or metadata")
 def update_thread(thread_id: ThreadId, request: Request, response: Response, tenant: Tenant, body: UpdateThreadRequest,
                   if_match: IfMatch = None) -> ThreadOut:
-    thread = request.app.state.context.memory.update_thread(
+    thread = context_of(request).memory.update_thread(
         tenant, thread_id, title=given(body, "title"), metadata=given(body, "metadata"),
         if_match=unquote(if_match))
     response.headers["ETag"] = quoted(thread.etag)
@@ -192,7 +193,7 @@ def update_thread(thread_id: ThreadId, request: Request, response: Response, ten
 @router.delete("/threads/{thread_id}", status_code=204, responses=responses(400, 401, 404, 409),
                summary="Delete a thread and all its messages")
 def delete_thread(thread_id: ThreadId, request: Request, tenant: Tenant) -> Response:
-    request.app.state.context.memory.delete_thread(tenant, thread_id)
+    context_of(request).memory.delete_thread(tenant, thread_id)
     return Response(status_code=204)
 
 
@@ -211,7 +212,7 @@ def add_messages(
     idempotency_key: IdempotencyKey = None,
 ) -> AddedMessages:
     inputs = body.messages if isinstance(body, AddMessagesRequest) else [body]
-    messages = request.app.state.context.memory.add_messages(
+    messages = context_of(request).memory.add_messages(
         tenant, thread_id, [m.new_message() for m in inputs], idempotency_key=idempotency_key)
     return AddedMessages(messages=[MessageOut.of(m) for m in messages])
 
@@ -235,7 +236,7 @@ def history(
     continuation: Annotated[str | None, Query(description=(
         "From the previous page; it carries that read's window, order and page size."))] = None,
 ) -> MessagePage:
-    page = request.app.state.context.memory.history(
+    page = context_of(request).memory.history(
         tenant, thread_id, last=last, before=before, after=after, limit=limit, continuation=continuation, order=order)
     return MessagePage(items=[MessageOut.of(m) for m in page.items], continuation=page.continuation)
 
@@ -243,7 +244,7 @@ def history(
 @router.get("/threads/{thread_id}/messages/{message_id}", response_model=MessageOut,
             responses=responses(400, 401, 404), summary="Read one message")
 def get_message(thread_id: ThreadId, message_id: MessageId, request: Request, response: Response, tenant: Tenant) -> MessageOut:
-    message = request.app.state.context.memory.get_message(tenant, thread_id, message_id)
+    message = context_of(request).memory.get_message(tenant, thread_id, message_id)
     response.headers["ETag"] = quoted(message.etag)
     return MessageOut.of(message)
 
@@ -252,7 +253,7 @@ def get_message(thread_id: ThreadId, message_id: MessageId, request: Request, re
               responses=responses(400, 401, 404, 409, 412, 413, 422), summary="Edit a message's content and/or metadata")
 def update_message(thread_id: ThreadId, message_id: MessageId, request: Request, response: Response, tenant: Tenant,
                    body: UpdateMessageRequest, if_match: IfMatch = None) -> MessageOut:
-    message = request.app.state.context.memory.update_message(
+    message = context_of(request).memory.update_message(
         tenant, thread_id, message_id, content=given(body, "content"), metadata=given(body, "metadata"),
         if_match=unquote(if_match))
     response.headers["ETag"] = quoted(message.etag)
@@ -263,5 +264,5 @@ def update_message(thread_id: ThreadId, message_id: MessageId, request: Request,
                responses=responses(400, 401, 404, 409, 412), summary="Delete one message")
 def delete_message(thread_id: ThreadId, message_id: MessageId, request: Request, tenant: Tenant,
                    if_match: IfMatch = None) -> Response:
-    request.app.state.context.memory.delete_message(tenant, thread_id, message_id, if_match=unquote(if_match))
+    context_of(request).memory.delete_message(tenant, thread_id, message_id, if_match=unquote(if_match))
     return Response(status_code=204)

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 
 from functions.auth import tenant_of
+from functions.context import context_of
 from functions.http_common import quoted, read_body, unquote
 from functions.problems import responses
 from shared.errors import InvalidInput
@@ -82,7 +83,7 @@ def list_objects(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     continuation: str | None = None,
 ) -> ObjectPage:
-    page = request.app.state.context.objects.list(tenant, prefix, limit=limit, continuation=continuation)
+    page = context_of(request).objects.list(tenant, prefix, limit=limit, continuation=continuation)
     return ObjectPage(items=[i for i in page.items], continuation=page.continuation)
 
 
@@ -111,7 +112,7 @@ async def put_object(
 ) -> ObjectInfo:
     if if_none_match is not None and if_none_match.strip() != "*":
         raise InvalidInput("If-None-Match on PUT supports only '*' (create only)")
-    objects = request.app.state.context.objects
+    objects = context_of(request).objects
     data = await read_body(request, objects.max_bytes)
     outcome = await run_in_threadpool(
         lambda: objects.put_outcome(tenant, key, data, content_type, if_match=unquote(if_match),
@@ -146,7 +147,7 @@ def get_object(
     continuation: str | None = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
-    objects = request.app.state.context.objects
+    objects = context_of(request).objects
     if versions:
         page = objects.versions(tenant, key, limit=limit, continuation=continuation)
         body = ObjectPage(items=[i for i in page.items], continuation=page.continuation)
@@ -164,7 +165,7 @@ def get_object(
                               "headers": _version_headers(True)},
                         **responses(400, 401, 404, 422)})
 def head_object(key: Key, request: Request, tenant: Tenant, version_id: str | None = None) -> Response:
-    info = request.app.state.context.objects.head(tenant, key, version_id)
+    info = context_of(request).objects.head(tenant, key, version_id)
     headers = _headers(info) | {"Content-Type": info.content_type, "Content-Length": str(info.size)}
     return Response(status_code=200, headers=headers)
 
@@ -178,5 +179,5 @@ def delete_object(
     if_match: Annotated[str | None, Header(alias="If-Match", description="Delete only if the object is at this ETag; "
                                                                            "'*': only if it exists (412 otherwise).")] = None,
 ) -> Response:
-    request.app.state.context.objects.delete(tenant, key, if_match=unquote(if_match))
+    context_of(request).objects.delete(tenant, key, if_match=unquote(if_match))
     return Response(status_code=204)

@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from functions.auth import tenant_of
+from functions.context import context_of
 from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
 from functions.problems import responses
 from shared.domains.sessions.models import (
@@ -109,7 +110,7 @@ async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:
 @router.post("/sessions", response_model=SessionOut, status_code=201,
              responses=responses(400, 401, 409, 413, 422), summary="Start a session (and its memory thread)")
 def create_session(body: CreateSession, request: Request, response: Response, tenant: Tenant) -> SessionOut:
-    session = request.app.state.context.sessions.create(tenant, body.user_id, session_id=body.session_id,
+    session = context_of(request).sessions.create(tenant, body.user_id, session_id=body.session_id,
                                                         metadata=body.metadata)
     return _out(session, response)
 
@@ -124,7 +125,7 @@ def list_sessions(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     continuation: str | None = None,
 ) -> SessionPage:
-    page = request.app.state.context.sessions.list_active(tenant, user_id, limit=limit, continuation=continuation)
+    page = context_of(request).sessions.list_active(tenant, user_id, limit=limit, continuation=continuation)
     return SessionPage(items=[SessionOut(**dataclasses.asdict(s)) for s in page.items],
                        continuation=page.continuation)
 
@@ -132,14 +133,14 @@ def list_sessions(
 @router.get("/sessions/{session_id}", response_model=SessionOut, responses=responses(400, 401, 404),
             summary="Read a session")
 def get_session(session_id: SessionId, request: Request, response: Response, tenant: Tenant) -> SessionOut:
-    return _out(request.app.state.context.sessions.get(tenant, session_id), response)
+    return _out(context_of(request).sessions.get(tenant, session_id), response)
 
 
 @router.patch("/sessions/{session_id}", response_model=SessionOut, responses=responses(400, 401, 404, 412, 413, 422),
               summary="Replace a session's metadata")
 def update_session(session_id: SessionId, body: UpdateSession, request: Request, response: Response,
                    tenant: Tenant, if_match: IfMatch = None) -> SessionOut:
-    session = request.app.state.context.sessions.update_metadata(tenant, session_id, body.metadata,
+    session = context_of(request).sessions.update_metadata(tenant, session_id, body.metadata,
                                                                  if_match=unquote(if_match))
     return _out(session, response)
 
@@ -148,7 +149,7 @@ def update_session(session_id: SessionId, body: UpdateSession, request: Request,
              responses=responses(400, 401, 404, 409, 412, 422), summary="End an active session with a status")
 def end_session(session_id: SessionId, body: EndSession, request: Request, response: Response,
                 tenant: Tenant, if_match: IfMatch = None) -> SessionOut:
-    session = request.app.state.context.sessions.end(tenant, session_id, SessionStatus(body.status),
+    session = context_of(request).sessions.end(tenant, session_id, SessionStatus(body.status),
                                                      reason=body.reason, if_match=unquote(if_match))
     return _out(session, response)
 
@@ -165,7 +166,7 @@ def record_metrics(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                                   description="A retry with the same key is counted once.")] = None,
 ) -> SessionOut:
-    session = request.app.state.context.sessions.record(
+    session = context_of(request).sessions.record(
         tenant, session_id, requests=body.requests, processing_time=body.processing_time, errors=body.errors,
         idempotency_key=idempotency_key)
     return _out(session, response)
@@ -181,7 +182,7 @@ def record_metrics(
 )
 async def put_context(session_id: SessionId, request: Request, response: Response, tenant: Tenant,
                       if_match: IfMatch = None) -> ContextInfo:
-    sessions = request.app.state.context.sessions
+    sessions = context_of(request).sessions
     # Pretty-printed JSON may be larger than its compact form, which the service limits exactly.
     document = await _read_json_object(request, 2 * sessions.max_context_bytes + 1024)
     stored = await run_in_threadpool(
@@ -195,6 +196,6 @@ async def put_context(session_id: SessionId, request: Request, response: Respons
 @router.get("/sessions/{session_id}/context", response_model=ContextOut, responses=responses(400, 401, 404),
             summary="Read a session's task context")
 def get_context(session_id: SessionId, request: Request, response: Response, tenant: Tenant) -> ContextOut:
-    stored = request.app.state.context.sessions.get_context(tenant, session_id)
+    stored = context_of(request).sessions.get_context(tenant, session_id)
     response.headers["ETag"] = quoted(stored.version)
     return ContextOut(**_context_info(stored), context=stored.context)

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.auth import tenant_of
+from functions.context import context_of
 from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
 from functions.problems import responses
 from shared.domains.workflows.models import (
@@ -94,7 +95,7 @@ def _out(workflow: Workflow) -> WorkflowOut:
 def _limit_body(request: Request) -> None:
     """413 before the body is parsed when its declared size is over what can be stored."""
     declared = request.headers.get("content-length")
-    limit = request.app.state.context.workflows.max_context_bytes + 64 * 1024
+    limit = context_of(request).workflows.max_context_bytes + 64 * 1024
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
 
@@ -118,7 +119,7 @@ def list_workflows(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     continuation: str | None = None,
 ) -> WorkflowPage:
-    page = request.app.state.context.workflows.list(tenant, resource=resource, status=status,
+    page = context_of(request).workflows.list(tenant, resource=resource, status=status,
                                                     workflow_name=workflow_name, ready=ready, limit=limit,
                                                     continuation=continuation)
     return WorkflowPage(items=[_out(w) for w in page.items], continuation=page.continuation)
@@ -140,7 +141,7 @@ def suspend_workflow(
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,
 ) -> WorkflowOut:
-    outcome = request.app.state.context.workflows.suspend_outcome(
+    outcome = context_of(request).workflows.suspend_outcome(
         tenant, workflow_id, workflow_name=body.workflow_name, resource=body.resource,
         current_step=body.current_step, context_state=body.context_state, reason=body.suspend_reason,
         resume_conditions=body.resume_conditions, if_match=unquote(if_match), idempotency_key=idempotency_key)
@@ -153,7 +154,7 @@ def suspend_workflow(
              summary="Resume: the context and step, once; the workflow is then running")
 def resume_workflow(workflow_id: WorkflowId, request: Request, response: Response, tenant: Tenant,
                     if_match: IfMatch = None) -> ResumeOut:
-    resumed = request.app.state.context.workflows.resume(tenant, workflow_id, if_match=unquote(if_match))
+    resumed = context_of(request).workflows.resume(tenant, workflow_id, if_match=unquote(if_match))
     return ResumeOut(context_state=resumed.context_state, current_step=resumed.current_step,
                      workflow=_with_etag(response, resumed.workflow))
 
@@ -167,15 +168,15 @@ def get_workflow(
     tenant: Tenant,
     include_context: Annotated[bool, Query(description="Also return context_state.")] = False,
 ) -> WorkflowOut:
-    workflow = request.app.state.context.workflows.get(tenant, workflow_id, include_context=include_context)
+    workflow = context_of(request).workflows.get(tenant, workflow_id, include_context=include_context)
     return _with_etag(response, workflow)
 
 
-def _transition_route(status: WorkflowStatus, summary: str):
+def _transition_route(status: WorkflowStatus, summary: str) -> None:
     def change(workflow_id: WorkflowId, request: Request, response: Response, tenant: Tenant,
                body: Annotated[TransitionRequest | None, Body()] = None, if_match: IfMatch = None,
                idempotency_key: IdempotencyKey = None) -> WorkflowOut:
-        workflow = request.app.state.context.workflows.transition(
+        workflow = context_of(request).workflows.transition(
             tenant, workflow_id, status, detail=body.detail if body else None, if_match=unquote(if_match),
             idempotency_key=idempotency_key)
         return _with_etag(response, workflow)
@@ -197,7 +198,7 @@ _transition_route(WorkflowStatus.CANCELLED, "Cancel a suspended or running workf
 def approve_workflow(workflow_id: WorkflowId, request: Request, response: Response, tenant: Tenant,
                      body: Annotated[ApproveRequest | None, Body()] = None, if_match: IfMatch = None,
                      idempotency_key: IdempotencyKey = None) -> WorkflowOut:
-    workflow = request.app.state.context.workflows.approve(
+    workflow = context_of(request).workflows.approve(
         tenant, workflow_id, approved_by=body.approved_by if body else None, comment=body.comment if body else None,
         if_match=unquote(if_match), idempotency_key=idempotency_key)
     return _with_etag(response, workflow)
@@ -219,7 +220,7 @@ async def deliver_event(
     idempotency_key: IdempotencyKey = None,
 ) -> DeliveryOut:
     payload = await read_json(request, MAX_EVENT_PAYLOAD_BYTES, "event payload")
-    workflows = request.app.state.context.workflows
+    workflows = context_of(request).workflows
     delivered = await run_in_threadpool(
         lambda: workflows.deliver_event(tenant, event_id, payload, delivery_id=idempotency_key))
     return DeliveryOut(event_id=event_id, delivered=delivered)

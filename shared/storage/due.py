@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.backends import Entity, Page
-from shared.errors import NotFound, PreconditionFailed
+from shared.errors import InvalidInput, NotFound, PreconditionFailed
 
 DIRECTORY_SHARDS = 16
 #: Row format of entries and directory rows (``fmt``); the properties a caller files keep their names.
@@ -65,6 +65,9 @@ class Budget:
     _spent: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        if self.items is not None and (not isinstance(self.items, int) or isinstance(self.items, bool)
+                                       or self.items < 1):
+            raise InvalidInput("limit must be a positive integer")
         self._deadline = self.clock() + self.seconds
 
     def spend(self) -> None:
@@ -97,7 +100,8 @@ class IndexTable(Protocol):
 
     def delete(self, partition_key: str, row_key: str, *, if_match: str | None = None) -> None: ...
 
-    def query(self, partition_key: str, **kwargs: Any) -> Page[Entity]: ...
+    def query(self, partition_key: str, *, start: str | None = ..., end: str | None = ...,
+              limit: int = ...) -> Page[Entity]: ...
 
     def query_all(self, partition_key: str, **kwargs: Any) -> Iterator[Entity]: ...
 

@@ -96,3 +96,11 @@ def test_prefix_must_not_be_a_tenant_partition(table: TableStore) -> None:
 def test_one_shard_hash() -> None:
     assert shard_of("acme|s1", 16) == shard_of("acme|s1", 16)
     assert len({shard_of(f"t{n}", 16) for n in range(200)}) == 16
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5])
+def test_a_budget_refuses_a_limit_that_is_not_a_positive_integer(bad) -> None:
+    from shared.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        Budget(seconds=1.0, items=bad)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 from shared import names
 from shared.backends import Entity, OpKind, Page, TableOp
@@ -418,10 +417,8 @@ class ObjectService:
         of wall time, and at most ``limit`` entries when given); the next run takes the
         rest. Then, budget left, what remains of the earlier expiry index.
         """
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            raise InvalidInput("limit must be a positive integer")
         now = self._clock() if now is None else now
-        budget = budget or Budget(seconds=PURGE_BUDGET_SECONDS, items=limit)
+        budget = budget or Budget(seconds=PURGE_BUDGET_SECONDS, items=limit)  # a bad limit is InvalidInput
         purged = 0
         for entry in self._expiry.due(now, budget):
             purged += self._purge_due(entry, now)

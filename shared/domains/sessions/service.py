@@ -499,8 +499,6 @@ class SessionService:
         most ``limit`` entries when given); the next call takes the rest. Safe to run
         on several instances at once, and to interrupt at any point.
         """
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            raise InvalidInput("limit must be a positive integer")
         now = time.time() if now is None else now
         budget = budget or Budget(seconds=EXPIRY_BUDGET_SECONDS, items=limit)
         ended = 0
