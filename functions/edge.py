@@ -195,7 +195,7 @@ async def _answer(scope: Scope, send: Send, error: StowageError, *, close: bool)
         headers["WWW-Authenticate"] = 'Bearer realm="stowage"'
     if close:
         headers["Connection"] = "close"
-    response = problems.problem(error.status, error.title, str(error), Request(scope), headers or None)
+    response = problems.problem_of(error, Request(scope), headers or None)
     await response(scope, _no_body, send)
 
 

@@ -11,6 +11,15 @@ What answers what:
   listing every method the path has;
 * anything else -> 500, logged.
 
+The body has RFC 9457's members: ``type`` is ``https://stowage.dev/problems/<slug>``,
+the error class's :attr:`~shared.errors.StowageError.type_slug` (stable: clients
+match on it, not on the title or detail); ``title``, ``status``, ``detail`` and
+``instance`` (the path). An error that names ``problem_fields`` adds them as
+extension members (§3.2), e.g. ``{"type": ".../thread-not-found", ..., "thread_id": "t1"}``.
+The OpenAPI Problem schema lists every such member an error of the app can send
+(:data:`MEMBER_SCHEMAS` describes them; a member without a schema there is a
+test failure) and allows others, as the RFC asks clients to expect.
+
 :func:`install` also makes the OpenAPI document say so (:func:`document_problems`):
 every error response is ``application/problem+json`` with the :class:`Problem` schema,
 and every operation lists the statuses the edge and the framework can return besides
@@ -28,11 +37,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from shared.errors import Busy, StowageError, Unauthorized
+from shared.errors import Busy, StowageError, Unauthorized, slug_of
 from shared.keys import ID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -42,25 +51,94 @@ RETRY_AFTER_SECONDS = 1
 _PROBLEM_REF = "#/components/schemas/Problem"
 
 
-class Problem(BaseModel):
-    """An error: ``type`` names the kind, ``detail`` says what to do about it."""
+#: Every problem type is this plus the error's slug.
+PROBLEM_TYPE_BASE = "https://stowage.dev/problems/"
 
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
+_TEXT: dict[str, Any] = {"type": "string"}
+_TEXTS: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+
+#: The JSON Schema of each extension member an error may send (see the module docstring).
+MEMBER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "key": _TEXT | {"description": "The object key concerned."},
+    "version_id": _TEXT | {"description": "The object version asked for."},
+    "if_match": _TEXT | {"description": "The ETag the request required."},
+    "current_etag": _TEXT | {"description": "The item's current ETag, when there is an item (absent when "
+                                            "it does not exist)."},
+    "idempotency_key": _TEXT | {"description": "The idempotency key already used for another request."},
+    "op": _TEXT | {"description": "The operation the refused request asked for, e.g. 'objects.put'."},
+    "thread_id": _TEXT | {"description": "The thread concerned."},
+    "thread_ids": _TEXTS | {"description": "The threads asked for."},
+    "message_id": _TEXT | {"description": "The message concerned."},
+    "checkpoint_ns": _TEXT | {"description": "The checkpoint namespace searched ('' is the root)."},
+    "checkpoint_id": _TEXT | {"description": "The checkpoint asked for."},
+    "run_ids": _TEXTS | {"description": "The runs asked for."},
+    "session_id": _TEXT | {"description": "The session concerned."},
+    "current": _TEXT | {"description": "The state the item is in."},
+    "wanted": _TEXT | {"description": "What the request tried to do."},
+    "target": _TEXT | {"description": "The state the request tried to move the item to."},
+    "workflow_id": _TEXT | {"description": "The workflow concerned."},
+    "workflow_status": _TEXT | {"description": "The workflow's status."},
+    "waiting_for": _TEXT | {"description": "What a suspended workflow waits for: event, approval, schedule "
+                                           "or manual."},
+    "ready_reason": _TEXT | {"description": "Why the workflow is ready to resume already."},
+}
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457): ``type`` names the kind, ``detail`` says what to do about it.
+
+    Errors about a particular item add members naming it (``thread_id``, ``key``,
+    ``current_etag``...); every member listed besides the first five is optional,
+    and a client should ignore members it does not know.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description=f"{PROBLEM_TYPE_BASE}<kind>: the same kind of error always has the same type.")
+    title: str = Field(description="The kind of error, in words.")
+    status: int = Field(description="The HTTP status.")
+    detail: str = Field(description="What went wrong here, and what to do about it.")
+    instance: str | None = Field(default=None, description="The request's path.")
+
+
+def error_classes() -> list[type[StowageError]]:
+    """Every StowageError class defined so far (those of the domains once they are imported), by name."""
+    found: dict[str, type[StowageError]] = {}
+    pending: list[type[StowageError]] = [StowageError]
+    while pending:
+        cls = pending.pop()
+        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        pending.extend(cls.__subclasses__())
+    return [found[name] for name in sorted(found)]
+
+
+def problem_schema() -> dict[str, Any]:
+    """The Problem schema with the extension members of every error class, each optional and described."""
+    schema = Problem.model_json_schema()
+    schema["additionalProperties"] = True
+    members = sorted({name for cls in error_classes() for name in cls.problem_fields})
+    for name in members:
+        schema["properties"][name] = MEMBER_SCHEMAS.get(name, {})
+    return schema
 
 
 def problem(status: int, title: str, detail: str, request: Request | None = None,
-            headers: dict[str, str] | None = None) -> JSONResponse:
-    body = Problem(
-        type=f"https://stowage.dev/problems/{title.lower().replace(' ', '-')}",
-        title=title, status=status, detail=detail,
-        instance=str(request.url.path) if request is not None else None,
-    )
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON,
-                        headers=headers)
+            headers: dict[str, str] | None = None, *, type_slug: str | None = None,
+            members: dict[str, Any] | None = None) -> JSONResponse:
+    """A problem+json response; ``type_slug`` defaults to the title's slug, ``members`` are extension members."""
+    body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + (type_slug or slug_of(title)), "title": title,
+                            "status": status, "detail": detail}
+    if request is not None:
+        body["instance"] = str(request.url.path)
+    body.update(members or {})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_of(error: StowageError, request: Request | None = None,
+               headers: dict[str, str] | None = None) -> JSONResponse:
+    """``error`` as problem+json: its status, title, type and members, its message as the detail."""
+    return problem(error.status, error.title, str(error), request, headers, type_slug=error.type_slug,
+                   members=error.problem_members())
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -114,7 +192,7 @@ def install(app: FastAPI) -> None:
             headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
         elif isinstance(exc, Unauthorized):
             headers = {"WWW-Authenticate": 'Bearer realm="stowage"'}
-        return problem(exc.status, exc.title, str(exc), request, headers)
+        return problem_of(exc, request, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -162,7 +240,7 @@ def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     clients that believe it send the text "null".
     """
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    schemas["Problem"] = Problem.model_json_schema()
+    schemas["Problem"] = problem_schema()
     content = {PROBLEM_JSON: {"schema": {"$ref": _PROBLEM_REF}}}
     for item in schema.get("paths", {}).values():
         for operation in item.values():

@@ -1,24 +1,29 @@
-"""Timer triggers, one per job a registered domain declares (NCRONTAB schedules, UTC).
+"""Timer triggers, one per job a registered domain declares and per platform job (NCRONTAB, UTC).
 
 Schedules are staggered so runs do not coincide; each job does a bounded chunk per
-run and is safe on two instances (see the domain's ``jobs``).
+run and is safe on two instances (see the domain's ``jobs`` and ``shared.platform_jobs``).
+A domain job runs on its domain's service, a platform job on the app's stores.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import azure.functions as func
 
 from functions.context import AppContext
-from shared.domains import DOMAINS, Domain, Job
+from shared.domains import DOMAINS, Job
+from shared.platform_jobs import PLATFORM_JOBS
 
 log = logging.getLogger(__name__)
 
 
-def _timer(bp: func.Blueprint, context: AppContext, domain: Domain, job: Job) -> None:
+def _timer(bp: func.Blueprint, job: Job, target: Callable[[], Any]) -> None:
     def run(timer: func.TimerRequest) -> None:
-        handled = job.run(context.service(domain.name))
+        handled = job.run(target())
         log.info("%s: %s handled (past due: %s)", job.name, handled, timer.past_due)
 
     run.__name__ = job.name
@@ -32,5 +37,7 @@ def blueprint(context: AppContext) -> func.Blueprint:
     bp = func.Blueprint()
     for domain in DOMAINS:
         for job in domain.jobs:
-            _timer(bp, context, domain, job)
+            _timer(bp, job, functools.partial(context.service, domain.name))
+    for job in PLATFORM_JOBS:
+        _timer(bp, job, lambda: context.stores)
     return bp

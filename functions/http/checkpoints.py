@@ -4,109 +4,50 @@ Values travel as ``{"type": <serializer tag>, "data": <base64>}``, the pairs
 LangGraph's serializers make. ``checkpoint_ns`` is a query parameter (it may be
 empty, the root namespace). Reads, deletes, copies and prunes of another
 tenant's threads answer 404; writes (PUT) always land in the caller's tenant.
+Request bodies are :mod:`shared.domains.checkpoints.models`' input models, the ones
+the queue payloads extend.
 """
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, BeforeValidator, Field, StrictInt, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from functions.auth import tenant_of
 from functions.context import context_of
 from functions.http_common import ClientJsonRoute, json_object_param, read_body
 from functions.problems import responses
 from shared.domains.checkpoints.models import (
-    MAX_ID_LENGTH,
-    MAX_TASK_PATH_LENGTH,
+    ID,
+    ID_RULE,
     MAX_TEXT_LENGTH,
-    MAX_TYPE_LENGTH,
-    MAX_WRITES,
+    TEXT,
+    CheckpointPut,
     CheckpointRef,
-    PruneStrategy,
+    CopyRequest,
+    PruneRequest,
+    RunsDelete,
     StoredCheckpoint,
-    TypedValue,
+    Value,
+    WritesPut,
 )
-from shared.errors import InvalidInput
-from shared.keys import ID_PATTERN
 
 router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
-ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
-#: The service's rules, declared so that the document says them and the server refuses the same values:
-#: ids as shared.keys.check_id, texts (channels, versions, namespaces, task ids, run ids) without control characters.
-ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": MAX_ID_LENGTH}
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
-TEXT = {"pattern": TEXT_PATTERN, "min_length": 1, "max_length": MAX_TEXT_LENGTH}
 ThreadId = Annotated[str, Path(**ID, description=f"The thread's id: {ID_RULE}.")]
 CheckpointId = Annotated[str, Path(**ID, description=f"The checkpoint's id: {ID_RULE}.")]
 TaskId = Annotated[str, Path(**TEXT, description="The task's id: 1-256 characters, no control characters.")]
 Namespace = Annotated[str, Query(**(TEXT | {"min_length": 0}),
                                  description="Checkpoint namespace; '' is the root graph.")]
-Text = Annotated[str, Field(**TEXT)]
-
-
-def _integral(value: Any) -> Any:
-    """3.0 as 3: JSON Schema's integer includes it; booleans and strings stay refused (StrictInt)."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
-
-
-def _text_keys(schema: dict[str, Any]) -> None:
-    """A dict keyed by Text, as JSON Schema says it: pydantic puts the key pattern in patternProperties
-    (which leaves other keys free), so move it to propertyNames and the value schema to additionalProperties."""
-    patterns = schema.pop("patternProperties", {})
-    if patterns:
-        (schema["additionalProperties"],) = patterns.values()
-    schema["propertyNames"] = {"pattern": TEXT["pattern"], "minLength": TEXT["min_length"],
-                               "maxLength": TEXT["max_length"]}
-#: Standard base64 with padding, as base64.b64decode(validate=True) takes it.
-BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
 # --------------------------------------------------------------------------- models
-
-
-class Value(BaseModel):
-    """A serialised value: the serializer's type tag and the bytes, base64-encoded."""
-
-    type: str = Field(pattern=f"^[!-~]{{1,{MAX_TYPE_LENGTH}}}$",
-                      description="Serializer type tag, e.g. 'msgpack' or 'json': printable ASCII, no spaces.")
-    data: str = Field(pattern=BASE64_PATTERN, description="The serialised bytes, standard base64 with padding.")
-
-    @classmethod
-    def of(cls, value: TypedValue) -> Value:
-        """A stored value as sent back (valid by construction: not checked again)."""
-        return cls.model_construct(type=value.type, data=base64.b64encode(value.data).decode("ascii"))
-
-    def typed(self, what: str) -> TypedValue:
-        try:
-            return TypedValue(self.type, base64.b64decode(self.data, validate=True))
-        except ValueError:  # binascii.Error, or a non-ASCII character, which b64decode refuses as a plain ValueError
-            raise InvalidInput(f"{what}: data is not valid base64 (standard alphabet, with padding)") from None
-
-
-class CheckpointPut(BaseModel):
-    """A checkpoint to store, with the channel values it introduces."""
-
-    parent_checkpoint_id: str | None = Field(default=None, pattern=ID_PATTERN, min_length=1, max_length=MAX_ID_LENGTH,
-                                             description="The checkpoint this one follows.")
-    checkpoint: Value = Field(description="The checkpoint as serialised by the client, without channel values.")
-    metadata: dict[str, Any] = Field(default_factory=dict,
-                                     description="JSON metadata: source, step, run_id, parents and user keys.")
-    channel_versions: dict[Text, Text] = Field(
-        default_factory=dict, json_schema_extra=_text_keys,
-        description="Version of every channel that holds a value at this checkpoint.")
-    new_values: dict[Text, Value] = Field(
-        default_factory=dict, json_schema_extra=_text_keys,
-        description="Values this checkpoint writes, by channel (stored once per channel version; the others "
-                    "come from earlier checkpoints).")
+# The request bodies are the domain's input models (shared.domains.checkpoints.models), which
+# the queue payloads extend; only the answers are HTTP's own.
 
 
 class CheckpointStored(BaseModel):
@@ -168,24 +109,6 @@ class CheckpointPage(BaseModel):
     continuation: str | None = None
 
 
-class WriteIn(BaseModel):
-    """One pending write."""
-
-    idx: JsonInt = Field(ge=-(2**31), le=2**31,
-                         description="Position in the task's writes (an integer; true/false are refused); "
-                                       "negative for special channels (replaced, not kept, when written again).")
-    channel: Text
-    value: Value
-
-
-class WritesPut(BaseModel):
-    """A task's pending writes for a checkpoint."""
-
-    task_path: str = Field(default="", max_length=MAX_TASK_PATH_LENGTH, pattern=TEXT_PATTERN,
-                           description="Path of the task in the graph.")
-    writes: list[WriteIn] = Field(max_length=MAX_WRITES)
-
-
 class WritesStored(BaseModel):
     """Writes stored (new, or special ones replaced) and writes already there (kept as they were)."""
 
@@ -207,37 +130,16 @@ class ThreadPage(BaseModel):
     continuation: str | None = None
 
 
-class CopyRequest(BaseModel):
-    """Where to copy a thread."""
-
-    target_thread_id: str = Field(pattern=ID_PATTERN, min_length=1, max_length=MAX_ID_LENGTH,
-                                  description=f"{ID_RULE}; rows it already has are kept.")
-
-
 class CopyResult(BaseModel):
     """How many checkpoints were copied."""
 
     copied: int
 
 
-class PruneRequest(BaseModel):
-    """How to prune a thread."""
-
-    strategy: PruneStrategy = Field(default=PruneStrategy.KEEP_LATEST,
-                                    description="keep_latest: the newest checkpoint of each namespace; "
-                                                "delete: the whole thread.")
-
-
 class DeletedCount(BaseModel):
     """How many checkpoints were deleted."""
 
     deleted: int
-
-
-class RunsDelete(BaseModel):
-    """Runs whose checkpoints to delete."""
-
-    run_ids: list[Text] = Field(min_length=1, max_length=100, description="Run ids (metadata 'run_id').")
 
 
 # --------------------------------------------------------------------------- helpers

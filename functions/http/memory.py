@@ -1,28 +1,41 @@
-"""HTTP transport for memory: /api/v1/threads and their messages."""
+"""HTTP transport for memory: /api/v1/threads and their messages.
+
+Request bodies are :mod:`shared.domains.memory.models`' input models, the ones the
+queue payloads extend, so both transports accept and refuse the same values.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
+from pydantic import BaseModel, Field
 
 from functions.auth import tenant_of
 from functions.context import context_of
 from functions.http_common import ClientJsonRoute, json_object_param, quoted, unquote
 from functions.problems import responses
-from shared.domains.memory.models import MAX_MESSAGES_PER_CALL, Message, MessageInput, Order, Role, Thread, given
-from shared.keys import ID_PATTERN
+from shared.domains.memory.models import (
+    ID,
+    ID_RULE,
+    AddMessagesRequest,
+    Content,
+    CreateThreadRequest,
+    Message,
+    MessageInput,
+    Order,
+    Role,
+    Thread,
+    UpdateMessageRequest,
+    UpdateThreadRequest,
+    given,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["memory"], route_class=ClientJsonRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="Apply only if the ETag is still this one.")]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                               description="A retry with the same key is applied once.")]
-Content = str | list[Any] | dict[str, Any]
-ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
-#: shared.keys.check_id's rule, declared so that the document says it and the server refuses the same ids.
-ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": 128}
 ThreadId = Annotated[str, Path(**ID, description=f"The thread's id: {ID_RULE}.")]
 MessageId = Annotated[str, Path(**ID, description="The message's id, e.g. 'msg_000000000042_1a2b3c4d'.")]
 #: A history bound: a seq from 0 to 10**12 (digits), or a message id (its seq).
@@ -31,6 +44,8 @@ _METADATA_FILTER = "metadata"
 
 
 # --------------------------------------------------------------------------- models
+# The request bodies are the domain's input models (shared.domains.memory.models), which the
+# queue payloads extend; only the answers are HTTP's own.
 
 
 class ThreadOut(BaseModel):
@@ -59,28 +74,6 @@ class ThreadPage(BaseModel):
     continuation: str | None = Field(default=None, description="Token for the next page; absent on the last page.")
 
 
-class CreateThreadRequest(BaseModel):
-    """A thread to create."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    resource: str = Field(pattern=ID_PATTERN, min_length=1, max_length=128,
-                          description=f"Owner inside the tenant: {ID_RULE}.")
-    thread_id: str | None = Field(default=None, pattern=ID_PATTERN, min_length=1, max_length=128,
-                                  description="The id to use (same rule); generated when absent (409 if taken).")
-    title: str | None = Field(default=None, max_length=512, description="A title.")
-    metadata: dict[str, Any] | None = Field(default=None, description="Free JSON metadata, up to 8 KiB.")
-
-
-class UpdateThreadRequest(BaseModel):
-    """Fields to change; absent fields are kept, null clears."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    title: str | None = Field(default=None, max_length=512, description="New title.")
-    metadata: dict[str, Any] | None = Field(default=None, description="New metadata (replaces the old).")
-
-
 class MessageOut(BaseModel):
     """A message of a thread."""
 
@@ -103,15 +96,6 @@ class MessageOut(BaseModel):
                    updated_at=message.updated_at, etag=message.etag)
 
 
-class AddMessagesRequest(BaseModel):
-    """Several messages, appended atomically with consecutive seqs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    messages: list[MessageInput] = Field(min_length=1, max_length=MAX_MESSAGES_PER_CALL,
-                                         description=f"1 to {MAX_MESSAGES_PER_CALL} messages, in order.")
-
-
 class AddedMessages(BaseModel):
     """The messages as stored, with their ids and seqs."""
 
@@ -123,17 +107,6 @@ class MessagePage(BaseModel):
 
     items: list[MessageOut] = Field(description="Messages in the order asked for.")
     continuation: str | None = Field(default=None, description="Token for the next page; absent on the last page.")
-
-
-class UpdateMessageRequest(BaseModel):
-    """Fields to change; absent fields are kept."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Absent keeps the content; null is refused (400) by the service, so the document does not offer it.
-    content: Annotated[Content | None, WithJsonSchema(TypeAdapter(Content).json_schema())] = Field(
-        default=None, description="New content: text or JSON parts.")
-    metadata: dict[str, Any] | None = Field(default=None, description="New metadata (replaces the old); null clears.")
 
 
 # --------------------------------------------------------------------------- threads

@@ -1,4 +1,8 @@
-"""HTTP transport for objects: /api/v1/objects."""
+"""HTTP transport for objects: /api/v1/objects.
+
+A write's content is the raw request body; its key, content type and TTL are declared
+with the rules the queue payloads' fields use (:mod:`shared.domains.objects.models`).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from functions.context import context_of
 from functions.http_common import quoted, read_body, unquote
 from functions.problems import responses
 from shared.errors import InvalidInput
-from shared.domains.objects.models import MAX_KEY_LENGTH, MAX_TTL_SECONDS, ObjectInfo
+from shared.domains.objects.models import CONTENT_TYPE, KEY, KEY_RULE, MAX_KEY_LENGTH, TTL, ObjectInfo
 
 
 class _KeyConvertor(Convertor[str]):
@@ -37,14 +41,8 @@ register_url_convertor("objectkey", _KeyConvertor())
 router = APIRouter(prefix="/api/v1/objects", tags=["objects"])
 Tenant = Annotated[str, Depends(tenant_of)]
 
-# check_path_key as a pattern: '/'-separated segments, none empty or ending in '.' (so no '.' or '..'),
-# no control characters or backslashes.
-_SEGMENT = r"[^/\\\x00-\x1f\x7f-\x9f]*[^/\\.\x00-\x1f\x7f-\x9f]"
-KEY_PATTERN = rf"^(?:{_SEGMENT}/)*{_SEGMENT}$"
-Key = Annotated[str, Path(min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN,
-                          description=f"A path such as 'agent_configs/ceo': up to {MAX_KEY_LENGTH} characters, "
-                                      "no empty, '.' or '..' segments, no segment ending in '.', no control "
-                                      "characters or backslashes.")]
+# The rules of the queue payloads' fields (shared.domains.objects.models), so both transports agree.
+Key = Annotated[str, Path(**KEY, description=KEY_RULE)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                               description="A retry of the same request with the same key returns the first result and status; "
                                                           "the key with another request is a 422.")]
@@ -102,13 +100,12 @@ async def put_object(
     request: Request,
     response: Response,
     tenant: Tenant,
-    content_type: Annotated[str, Header(alias="Content-Type")] = "application/octet-stream",
+    content_type: Annotated[str, Header(alias="Content-Type", **CONTENT_TYPE)] = "application/octet-stream",
     if_match: Annotated[str | None, Header(alias="If-Match", description="Write only if the object is at this ETag; '*': only if it exists (412 otherwise).")] = None,
     if_none_match: Annotated[Literal["*"] | None, Header(alias="If-None-Match",
                                                          description="'*': create only (412 if it exists).")] = None,
     idempotency_key: IdempotencyKey = None,
-    ttl_seconds: Annotated[int | None, Query(ge=1, le=MAX_TTL_SECONDS,
-                                             description="Expire the object this many seconds from now.")] = None,
+    ttl_seconds: Annotated[int | None, Query(**TTL, description="Expire the object this many seconds from now.")] = None,
 ) -> ObjectInfo:
     if if_none_match is not None and if_none_match.strip() != "*":
         raise InvalidInput("If-None-Match on PUT supports only '*' (create only)")

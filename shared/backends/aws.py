@@ -188,7 +188,21 @@ def _translate(exc: ClientError | BotoCoreError, what: str) -> StowageError:
     return BackendUnavailable(f"{what}: {code or 'error'}: {message}")
 
 
-SpecialCase = Callable[[ClientError], StowageError | None]
+class _Verdict(Exception):
+    """Internal control flow, not an error for callers (so not a StowageError): a special-case
+    handler's verdict on a ClientError, raised by :func:`_aws` and caught next to the call."""
+
+
+class _Done(_Verdict):
+    """The error means success (e.g. created meanwhile by someone else)."""
+
+
+class _Retry(_Verdict):
+    """The call should be made again."""
+
+
+#: Claims a ClientError: the error to raise instead of the default translation, a verdict, or None.
+SpecialCase = Callable[[ClientError], StowageError | _Verdict | None]
 
 
 @contextmanager
@@ -368,7 +382,7 @@ class AwsBackend(Backend):
             if self.options.region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.options.region}
 
-            def owned(exc: ClientError) -> StowageError | None:
+            def owned(exc: ClientError) -> StowageError | _Verdict | None:
                 # Someone (maybe another instance of us) created it meanwhile.
                 return _Done() if _code(exc) == "BucketAlreadyOwnedByYou" else None
 
@@ -386,7 +400,7 @@ class AwsBackend(Backend):
             with _aws(f"describe table {table}"):
                 description = self._dynamodb.describe_table(TableName=table)["Table"]
         except NotFound:
-            def in_use(exc: ClientError) -> StowageError | None:
+            def in_use(exc: ClientError) -> StowageError | _Verdict | None:
                 return _Done() if _code(exc) == "ResourceInUseException" else None  # created concurrently
 
             try:
@@ -425,7 +439,7 @@ class AwsBackend(Backend):
         except NotFound:
             pass
 
-        def exists(exc: ClientError) -> StowageError | None:
+        def exists(exc: ClientError) -> StowageError | _Verdict | None:
             # Created meanwhile with other attributes: it is there, which is all we need.
             return _Done() if _code(exc) in ("QueueAlreadyExists", "QueueNameExists") else None
 
@@ -450,14 +464,6 @@ class AwsBackend(Backend):
         if url is None:
             url = self._queue_urls[name] = self._lookup_queue_url(name)
         return url
-
-
-class _Done(StowageError):
-    """Internal: a special-case handler's verdict that the error means success."""
-
-
-class _Retry(StowageError):
-    """Internal: a special-case handler's verdict that the call should be made again."""
 
 
 # --------------------------------------------------------------------------- blobs
@@ -509,7 +515,7 @@ class AwsBlobStore(BlobStore):
         return BlobProperties(key, str(response["ETag"]), len(data), content_type, dict(metadata), None)
 
     def _put_failure(self, key: str, if_match: str | None, if_none_match: bool, may_retry: bool,
-                     exc: ClientError) -> StowageError | None:
+                     exc: ClientError) -> StowageError | _Verdict | None:
         code = _code(exc)
         if code in ("ConditionalRequestConflict", "409") and may_retry:
             return _Retry()
@@ -694,7 +700,7 @@ class AwsTableStore(TableStore):
             condition["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         etag = uuid.uuid4().hex
 
-        def failed(exc: ClientError) -> StowageError | None:
+        def failed(exc: ClientError) -> StowageError | _Verdict | None:
             if _code(exc) != "ConditionalCheckFailedException":
                 return None
             old = exc.response.get("Item")

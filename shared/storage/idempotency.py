@@ -36,10 +36,23 @@ MAX_KEY_LENGTH = 200
 
 
 class IdempotencyKeyReused(InvalidInput):
-    """The idempotency key was already used for a different request; nothing was written."""
+    """The idempotency key was already used for a different request; nothing was written.
+
+    Its problem names the key (``idempotency_key``) and the operation refused (``op``).
+    """
 
     status = 422
     title = "Idempotency key reused"
+    type_slug = "idempotency-key-reused"
+    problem_fields = ("idempotency_key", "op")
+
+    def __init__(self, idempotency_key: str, op: str) -> None:
+        super().__init__(f"idempotency key {idempotency_key!r} was already used for a different request; "
+                         "use a new key for a new request")
+        #: The key the client sent.
+        self.idempotency_key = idempotency_key
+        #: The operation this request asked for (the first use may have been another).
+        self.op = op
 
 
 class _Readable(Protocol):
@@ -56,6 +69,8 @@ class Idempotency:
 
     key: str
     fingerprint: str
+    #: The operation the request is for (kept to name it in :class:`IdempotencyKeyReused`).
+    op: str = ""
 
     @classmethod
     def of(cls, key: str, op: str, request: Any) -> Idempotency:
@@ -63,7 +78,7 @@ class Idempotency:
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH:
             raise InvalidInput(f"an idempotency key must be 1-{MAX_KEY_LENGTH} characters")
         digest = hashlib.sha256(_canonical({"op": op, "request": request}).encode("utf-8")).hexdigest()
-        return cls(key, digest)
+        return cls(key, digest, op)
 
     @property
     def row_key(self) -> str:
@@ -93,9 +108,7 @@ def lookup(table: _Readable, partition: str, idempotency: Idempotency) -> Replay
     except NotFound:
         return None
     if marker.get("fp") != idempotency.fingerprint:
-        raise IdempotencyKeyReused(
-            f"idempotency key {idempotency.key!r} was already used for a different request; "
-            "use a new key for a new request")
+        raise IdempotencyKeyReused(idempotency.key, idempotency.op)
     return Replay(int(marker.get("status", 200)), json.loads(str(marker.get("result", "null"))))
 
 

@@ -50,7 +50,11 @@ def test_timers_are_generated_from_the_jobs(tmp_path):
     for function in app.get_functions():
         binding = json.loads(function.get_function_json())["bindings"][0]
         declared[function.get_function_name()] = binding["schedule"]
-    assert declared == {job.name: job.schedule for entry in DOMAINS for job in entry.jobs}
+    from shared.platform_jobs import PLATFORM_JOBS
+
+    jobs = [*(job for entry in DOMAINS for job in entry.jobs), *PLATFORM_JOBS]
+    assert len({job.name for job in jobs}) == len(jobs), "two jobs share a function name"
+    assert declared == {job.name: job.schedule for job in jobs}
     context.close()
 
 

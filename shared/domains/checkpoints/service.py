@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import names
-from shared.backends import Entity, Page, TableOp
+from shared.backends import Entity, OpKind, Page, TableOp
 from shared.backends.base import MAX_BATCH_OPERATIONS, MAX_PROPERTY_BYTES, prefix_upper_bound, property_size
 from shared.domains.checkpoints import _layout as layout
 from shared.domains.checkpoints._layout import CheckpointRow, part
@@ -72,9 +72,12 @@ from shared.domains.checkpoints.models import (
     MAX_TYPE_LENGTH,
     MAX_WRITES,
     VALUE_GRACE_SECONDS,
+    CheckpointNotFound,
     CheckpointRef,
+    CheckpointThreadNotFound,
     PendingWrite,
     PruneStrategy,
+    RunCheckpointsNotFound,
     StoredCheckpoint,
     ThreadInfo,
     TypedValue,
@@ -99,8 +102,6 @@ __all__ = [
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TYPE = re.compile(r"[!-~]{1,64}")
-# Well under the offload layer's entity budget: entities this small are never changed by it.
-_PLAIN_ENTITY_BYTES = 320 * 1024
 _ROWS_PER_QUERY = 100
 _VALUE_ROWS_PER_QUERY = 16  # rows that may carry values of up to 256 KiB, or blobs
 _INDEX_CACHE_LIMIT = 100_000
@@ -125,8 +126,6 @@ class _Batch:
     rows: list[Entity]
     replace: frozenset[str]
     size: int
-    #: Every row is one the offload rule leaves untouched.
-    plain: bool
 
 
 # --------------------------------------------------------------------------- checks
@@ -190,10 +189,10 @@ class CheckpointService:
     """Checkpoints of every tenant; each call names its tenant. Thread-safe."""
 
     def __init__(self, stores: Stores) -> None:
+        # One table, offload rule included. Key-only reads (what exists, what to delete) use its
+        # ``*_inline`` reads, which download no offloaded value; inserts and blind upserts read
+        # nothing first, so a batch of plain rows costs the one batch request.
         self._table = stores.table(names.TABLE_CHECKPOINTS)
-        # Key-only scans (what to delete) read the stored rows as they are, without fetching
-        # offloaded blobs; deletes still go through the offload layer, which frees the blobs.
-        self._raw = self._table.table
         self._threshold = min(stores.settings.offload_threshold_bytes, MAX_PROPERTY_BYTES)
         #: Largest total of serialised bytes one put or put_writes may carry.
         self.max_bytes = MAX_PUT_BYTES
@@ -206,8 +205,8 @@ class CheckpointService:
 
     # -- writing rows
 
-    def _weigh(self, entity: Entity) -> tuple[int, bool]:
-        """Bytes the entity takes in a batch request, and whether the offload rule leaves it as it is."""
+    def _weigh(self, entity: Entity) -> int:
+        """Bytes the entity takes in a batch request (an offloaded value: its reference)."""
         inline, offloaded = 0, 0
         for value in entity.properties.values():
             size = property_size(value)
@@ -215,22 +214,21 @@ class CheckpointService:
                 offloaded += 1
             else:
                 inline += size
-        return inline * 4 // 3 + 160 * offloaded + 256, offloaded == 0 and inline <= _PLAIN_ENTITY_BYTES
+        return inline * 4 // 3 + 160 * offloaded + 256
 
     def _batches(self, rows: Sequence[Entity], replace: frozenset[str]) -> Iterator[_Batch]:
         """Rows in order, cut into batches under the operation and wire-size limits."""
         batch: list[Entity] = []
-        size, plain = 0, True
+        size = 0
         for row in rows:
-            weight, row_plain = self._weigh(row)
+            weight = self._weigh(row)
             if batch and (len(batch) == MAX_BATCH_OPERATIONS or size + weight > BATCH_WIRE_BUDGET):
-                yield _Batch(batch, replace, size, plain)
-                batch, size, plain = [], 0, True
+                yield _Batch(batch, replace, size)
+                batch, size = [], 0
             batch.append(row)
             size += weight
-            plain = plain and row_plain
         if batch:
-            yield _Batch(batch, replace, size, plain)
+            yield _Batch(batch, replace, size)
 
     def _commit(self, rows: Sequence[Entity], replace: frozenset[str] = frozenset()) -> _Committed:
         """Write rows create-only, in order, in as few atomic batches as the limits allow.
@@ -255,26 +253,22 @@ class CheckpointService:
     def _commit_together(self, group: Sequence[_Batch]) -> list[_Committed] | None:
         """Several batches of one partition as one atomic batch of inserts; None when it failed."""
         rows = [row for batch in group for row in batch.rows]
-        table = self._raw if all(batch.plain for batch in group) else self._table
         try:
-            table.batch([TableOp.insert(row) for row in rows])
+            self._table.batch([TableOp.insert(row) for row in rows])
         except StowageError:
             return None  # one of them meets an existing row, or fails alone: each is written on its own
         return [_Committed(written=len(batch.rows)) for batch in group]
 
     def _commit_batch(self, batch: _Batch) -> _Committed:
-        # Rows the offload rule would leave untouched skip its per-entity pass (the hot path:
-        # inserts have no old blobs to free).
-        table = self._raw if batch.plain else self._table
         try:
-            table.batch([TableOp.insert(row) for row in batch.rows])
+            self._table.batch([TableOp.insert(row) for row in batch.rows])
             return _Committed(written=len(batch.rows))
         except AlreadyExists:
             pass
         partition = batch.rows[0].partition_key
 
         def attempt() -> _Committed:
-            present = {row.row_key for row in batch.rows if find(self._raw, partition, row.row_key) is not None}
+            present = {row.row_key for row in batch.rows if self._exists(partition, row.row_key)}
             operations = [
                 TableOp.upsert(row) if row.row_key in present else TableOp.insert(row)
                 for row in batch.rows if row.row_key not in present or row.row_key in batch.replace
@@ -284,6 +278,16 @@ class CheckpointService:
             return _Committed(len(operations), len(batch.rows) - len(operations), present & batch.replace)
 
         return retry_races(attempt, what=f"checkpoint partition {partition!r}")
+
+    def _find_inline(self, partition: str, row_key: str) -> Entity | None:
+        """The row without its offloaded values (one table read, no blob), or None when absent."""
+        try:
+            return self._table.get_inline(partition, row_key)
+        except NotFound:
+            return None
+
+    def _exists(self, partition: str, row_key: str) -> bool:
+        return self._find_inline(partition, row_key) is not None
 
     def _insert_index(self, row: Entity) -> None:
         try:
@@ -312,16 +316,22 @@ class CheckpointService:
 
     # -- deleting rows
 
-    def _delete_rows(self, partition_key: str, row_keys: Sequence[str]) -> None:
-        """Delete rows in batches; rows already gone (a retry, a concurrent delete) are fine."""
-        for start in range(0, len(row_keys), MAX_BATCH_OPERATIONS):
-            chunk = row_keys[start:start + MAX_BATCH_OPERATIONS]
+    def _delete_rows(self, partition_key: str, rows: Sequence[str | Entity]) -> None:
+        """Delete rows in batches; rows already gone (a retry, a concurrent delete) are fine.
+
+        A row given as an entity read from the table (``offloaded`` known) has its blobs
+        deleted right after; one given by key leaves them to the offload sweeper.
+        """
+        gone = [Entity(partition_key, row) if isinstance(row, str)
+                else Entity(partition_key, row.row_key, offloaded=row.offloaded) for row in rows]
+        for start in range(0, len(gone), MAX_BATCH_OPERATIONS):
+            chunk = gone[start:start + MAX_BATCH_OPERATIONS]
             try:
-                self._table.batch([TableOp.delete(partition_key, row_key) for row_key in chunk])
+                self._table.batch([TableOp(OpKind.DELETE, row) for row in chunk])
             except NotFound:
-                for row_key in chunk:
+                for row in chunk:
                     try:
-                        self._table.delete(partition_key, row_key)
+                        self._table.delete(partition_key, row.row_key, offloaded=row.offloaded)
                     except NotFound:
                         pass
 
@@ -329,10 +339,10 @@ class CheckpointService:
         """Delete every row under ``prefix``, a batch at a time; returns how many."""
         deleted = 0
         while True:
-            page = self._raw.query(partition_key, prefix=prefix, limit=MAX_BATCH_OPERATIONS)
+            page = self._table.query_inline(partition_key, prefix=prefix, limit=MAX_BATCH_OPERATIONS)
             if not page.items:
                 return deleted
-            self._delete_rows(partition_key, [row.row_key for row in page.items])
+            self._delete_rows(partition_key, page.items)
             deleted += len(page.items)
 
     # -- writes
@@ -499,15 +509,14 @@ class CheckpointService:
         if checkpoint_id is None:
             page = self._table.query(partition, prefix=layout.checkpoint_prefix(ns_part), limit=1)
             if not page.items:
-                raise NotFound(f"thread {thread_id!r} has no checkpoint in namespace {checkpoint_ns!r}")
+                raise CheckpointNotFound(thread_id, checkpoint_ns)
             entity = page.items[0]
         else:
             check_id(checkpoint_id, "checkpoint_id")
             try:
                 entity = self._table.get(partition, layout.checkpoint_rk(ns_part, checkpoint_id))
             except NotFound:
-                raise NotFound(f"thread {thread_id!r} has no checkpoint {checkpoint_id!r} "
-                               f"in namespace {checkpoint_ns!r}") from None
+                raise CheckpointNotFound(thread_id, checkpoint_ns, checkpoint_id) from None
         return self._assemble(thread_id, layout.checkpoint_of(entity), {})
 
     def list(
@@ -542,7 +551,7 @@ class CheckpointService:
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise InvalidInput(f"limit must be an integer from 1 to 1000, got {limit!r}")
         partition = layout.thread_pk(tenant, thread_id)
-        state = self._raw.verify_continuation(
+        state = self._table.verify_continuation(
             partition, continuation,
             purpose="list" if checkpoint_ns is None else f"list|{part(checkpoint_ns)}") if continuation else {}
         if checkpoint_ns is None:
@@ -550,9 +559,9 @@ class CheckpointService:
         else:
             page = self._list_namespace(thread_id, partition, part(checkpoint_ns), before, metadata_filter,
                                         limit, state)
-        if not page.items and continuation is None and not self._raw.query(
+        if not page.items and continuation is None and not self._table.query_inline(
                 partition, prefix=layout.CHECKPOINT_PREFIX, limit=1).items:
-            raise NotFound(f"thread {thread_id!r} has no checkpoints")
+            raise CheckpointThreadNotFound(thread_id)
         return page
 
     def _list_namespace(self, thread_id: str, partition: str, ns_part: str, before: str | None,
@@ -579,7 +588,7 @@ class CheckpointService:
                 size += item.size
                 if len(items) >= limit or size >= LIST_PAGE_BYTES:
                     more = index + 1 < len(page.items) or page.continuation is not None
-                    token = self._raw.sign_continuation(partition, {"after": entity.row_key}, purpose=f"list|{ns_part}")
+                    token = self._table.sign_continuation(partition, {"after": entity.row_key}, purpose=f"list|{ns_part}")
                     return Page(items, token if more else None)
             if page.continuation is None or not page.items:
                 return Page(items, None)
@@ -613,7 +622,7 @@ class CheckpointService:
             if len(items) >= limit or size >= LIST_PAGE_BYTES:
                 more = index + 1 < len(rows)
                 position = {"after_id": row.id, "after_ns": row.ns}
-                token = self._raw.sign_continuation(partition, position, purpose="list")
+                token = self._table.sign_continuation(partition, position, purpose="list")
                 return Page(items, token if more else None)
         return Page(items, None)
 
@@ -642,7 +651,7 @@ class CheckpointService:
 
     def _delete_thread(self, tenant: str, thread_id: str) -> int:
         partition = layout.thread_pk(tenant, thread_id)
-        runs = [layout.run_row_of(row) for row in self._raw.query_all(partition, prefix=layout.RUN_PREFIX)]
+        runs = [layout.run_row_of(row) for row in self._table.query_all_inline(partition, prefix=layout.RUN_PREFIX)]
         # Checkpoints first, so no reader meets a checkpoint whose values are gone; run rows
         # last, since a retry finds the run index rows to delete through them.
         deleted = self._delete_prefix(partition, layout.CHECKPOINT_PREFIX)
@@ -661,7 +670,7 @@ class CheckpointService:
             pass
         self._forget(tenant, thread_id)
         if not found:
-            raise NotFound(f"thread {thread_id!r} has no checkpoints")
+            raise CheckpointThreadNotFound(thread_id)
         return deleted
 
     def copy_thread(self, tenant: str, source_thread_id: str, target_thread_id: str, *,
@@ -688,9 +697,9 @@ class CheckpointService:
 
     def _copy_thread(self, tenant: str, source_thread_id: str, target_thread_id: str) -> int:
         source, target = layout.thread_pk(tenant, source_thread_id), layout.thread_pk(tenant, target_thread_id)
-        if not self._raw.query(source, prefix=layout.CHECKPOINT_PREFIX, limit=1).items:
-            raise NotFound(f"thread {source_thread_id!r} has no checkpoints")
-        runs = {layout.run_id_of(row) for row in self._raw.query_all(source, prefix=layout.RUN_PREFIX)}
+        if not self._table.query_inline(source, prefix=layout.CHECKPOINT_PREFIX, limit=1).items:
+            raise CheckpointThreadNotFound(source_thread_id)
+        runs = {layout.run_id_of(row) for row in self._table.query_all_inline(source, prefix=layout.RUN_PREFIX)}
         self._index(tenant, target_thread_id, None, force=True)
         for run_id in sorted(runs):
             self._index(tenant, target_thread_id, run_id, force=False)
@@ -749,22 +758,23 @@ class CheckpointService:
             except NotFound:
                 continue
         if threads and not found:
-            raise NotFound("none of these threads has checkpoints")
+            raise CheckpointThreadNotFound(threads[0]) if len(threads) == 1 else CheckpointThreadNotFound(
+                thread_ids=threads)
         return deleted
 
     def _keep_latest(self, partition: str, now: float) -> int:
         # Values are listed BEFORE the checkpoints: a value written after this snapshot is
         # never deleted, whatever checkpoint comes to refer to it.
-        values = list(self._raw.query_all(partition, prefix=layout.VALUE_PREFIX))
-        checkpoints = [layout.checkpoint_of(e) for e in self._table.query_all(partition,
-                                                                               prefix=layout.CHECKPOINT_PREFIX)]
-        if not checkpoints:
+        values = list(self._table.query_all_inline(partition, prefix=layout.VALUE_PREFIX))
+        stored = list(self._table.query_all(partition, prefix=layout.CHECKPOINT_PREFIX))
+        if not stored:
             raise NotFound("thread has no checkpoints")
         kept: dict[str, CheckpointRow] = {}
-        doomed: list[str] = []
-        for row in checkpoints:  # newest first within each namespace
+        doomed: list[Entity] = []
+        for entity in stored:  # newest first within each namespace
+            row = layout.checkpoint_of(entity)
             if row.ns_part in kept:
-                doomed.append(row.row_key)
+                doomed.append(entity)
             else:
                 kept[row.ns_part] = row
         self._delete_rows(partition, doomed)
@@ -773,10 +783,11 @@ class CheckpointService:
         def older(ns_part: str, checkpoint_id: str) -> bool:
             return ns_part in kept_ids and checkpoint_id < kept_ids[ns_part]
 
-        writes = [row.row_key for row in self._raw.query_all(partition, prefix=layout.WRITE_PREFIX)
+        writes = [row for row in self._table.query_all_inline(partition, prefix=layout.WRITE_PREFIX)
                   if older(*layout.write_checkpoint_of(row.row_key))]
         self._delete_rows(partition, writes)
-        runs = [run.row_key for run in map(layout.run_row_of, self._raw.query_all(partition, prefix=layout.RUN_PREFIX))
+        runs = [run.row_key for run in map(layout.run_row_of,
+                                           self._table.query_all_inline(partition, prefix=layout.RUN_PREFIX))
                 if older(run.ns_part, run.checkpoint_id)]
         self._delete_rows(partition, runs)
         self._collect_values(partition, values, kept.values(), now)
@@ -788,7 +799,7 @@ class CheckpointService:
         referenced: set[str] = set()
         for row in checkpoints:
             referenced |= layout.referenced_values(row)
-        stale = [row.row_key for row in values
+        stale = [row for row in values
                  if row.row_key not in referenced and layout.value_at(row) < now - VALUE_GRACE_SECONDS]
         self._delete_rows(partition, stale)
 
@@ -819,29 +830,29 @@ class CheckpointService:
         deleted, found = 0, False
         for run_id in runs:
             # The index rows stay: a checkpoint the run writes after this call is still found next time.
-            for row in self._raw.query_all(layout.run_pk(tenant, run_id)):
+            for row in self._table.query_all_inline(layout.run_pk(tenant, run_id)):
                 found = True
                 deleted += self._delete_run_in_thread(layout.thread_pk(tenant, row.row_key), run_id, now)
         if runs and not found:
-            raise NotFound("none of these runs wrote checkpoints")
+            raise RunCheckpointsNotFound(runs)
         return deleted
 
     def _delete_run_in_thread(self, partition: str, run_id: str, now: float) -> int:
         deleted = 0
         namespaces: set[str] = set()
         run_prefix = f"{layout.RUN_PREFIX}{part(run_id)}|"
-        for run in [layout.run_row_of(row) for row in self._raw.query_all(partition, prefix=run_prefix)]:
-            checkpoint = find(self._raw, partition, run.checkpoint_rk)
+        for run in [layout.run_row_of(row) for row in self._table.query_all_inline(partition, prefix=run_prefix)]:
+            checkpoint = self._find_inline(partition, run.checkpoint_rk)
             # A checkpoint replaced by another run's put keeps its new run's rows.
             if checkpoint is None or layout.run_of(checkpoint) == run_id:
                 if checkpoint is not None:
-                    self._delete_rows(partition, [run.checkpoint_rk])
+                    self._delete_rows(partition, [checkpoint])
                     deleted += 1
                 self._delete_prefix(partition, layout.writes_prefix(run.ns_part, run.checkpoint_id))
                 namespaces.add(run.ns_part)
             self._delete_rows(partition, [run.row_key])
         for ns_part in namespaces:
-            values = list(self._raw.query_all(partition, prefix=f"{layout.VALUE_PREFIX}{ns_part}|"))
+            values = list(self._table.query_all_inline(partition, prefix=f"{layout.VALUE_PREFIX}{ns_part}|"))
             remaining = [layout.checkpoint_of(row)
                          for row in self._table.query_all(partition, prefix=layout.checkpoint_prefix(ns_part))]
             self._collect_values(partition, values, remaining, now)
@@ -881,7 +892,5 @@ class CheckpointService:
         if legacy is None:
             return None
         if legacy.get("op") != op:
-            raise IdempotencyKeyReused(
-                f"idempotency key {idempotency.key!r} was already used for a different request; "
-                "use a new key for a new request")
+            raise IdempotencyKeyReused(idempotency.key, op)
         return Outcome(0, replayed=True)  # a marker of the format before: its count was not kept

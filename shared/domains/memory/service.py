@@ -111,6 +111,7 @@ from shared.domains.memory.models import (
     MAX_TITLE_LENGTH,
     Content,
     Message,
+    MessageChanged,
     MessageInput,
     MessageNotFound,
     NewMessage,
@@ -118,6 +119,7 @@ from shared.domains.memory.models import (
     Role,
     Thread,
     ThreadAlreadyExists,
+    ThreadChanged,
     ThreadFull,
     ThreadNotFound,
 )
@@ -447,7 +449,7 @@ class MemoryService:
 
         def decide(thread: Entity) -> _Write[Thread]:
             if if_match is not None and public_etag(thread.etag) != if_match:
-                raise PreconditionFailed(f"thread {thread_id!r} is not at ETag {if_match}")
+                raise ThreadChanged(thread_id, if_match, public_etag(thread.etag))
             properties = stamped({**thread.properties, **changes, "updated_at": _now_after(thread)}, FMT)
             entity = Entity(thread.partition_key, THREAD_ROW, properties, thread.etag, thread.offloaded)
             return _Write([TableOp.update(entity, if_match=thread.etag)],
@@ -506,9 +508,7 @@ class MemoryService:
             pass
         claim = find(self._table, row.partition_key, row.row_key)
         if claim is not None and claim.get("fp") != idempotency.fingerprint:
-            raise IdempotencyKeyReused(
-                f"idempotency key {idempotency.key!r} was already used for a different request; "
-                "use a new key for a new request")
+            raise IdempotencyKeyReused(idempotency.key, idempotency.op)
 
     def _purge(self, tenant: str, thread_id: str, thread: Entity, idempotency: Idempotency | None = None) -> None:
         pk = thread_pk(tenant, thread_id)
@@ -809,7 +809,7 @@ class MemoryService:
         def decide(rows: tuple[Entity, Entity]) -> _Write[Message]:
             thread, message = rows
             if if_match is not None and public_etag(message.etag) != if_match:
-                raise PreconditionFailed(f"message {message_id!r} is not at ETag {if_match}")
+                raise MessageChanged(thread_id, message_id, if_match, public_etag(message.etag))
             now = _now_after(thread)
             edited = Entity(message.partition_key, message.row_key,
                             stamped({**message.properties, **changes, "updated_at": now}, FMT),
@@ -853,7 +853,7 @@ class MemoryService:
         def decide(rows: tuple[Entity, Entity]) -> _Write[None]:
             thread, message = rows
             if if_match is not None and public_etag(message.etag) != if_match:
-                raise PreconditionFailed(f"message {message_id!r} is not at ETag {if_match}")
+                raise MessageChanged(thread_id, message_id, if_match, public_etag(message.etag))
             gone = Entity(message.partition_key, message.row_key, etag=message.etag, offloaded=message.offloaded)
             return _Write([TableOp(OpKind.DELETE, gone, message.etag), self._touch(thread, _now_after(thread), -1)],
                           lambda etags: None, None, status=204)

@@ -61,7 +61,11 @@ from shared.domains.objects.models import (
     INLINE_MAX_BYTES,
     MAX_KEY_LENGTH,
     MAX_TTL_SECONDS,
+    ObjectExists,
     ObjectInfo,
+    ObjectNotFound,
+    ObjectVersionMismatch,
+    ObjectVersionNotFound,
     StoredObject,
 )
 
@@ -172,10 +176,9 @@ class ObjectService:
         def decide(head: Entity | None) -> Change[ObjectInfo]:
             exists = head is not None
             if if_none_match and head is not None:
-                raise PreconditionFailed(f"object {key!r} already exists (If-None-Match: *)")
+                raise ObjectExists(key, layout.head_version(head))
             if if_match is not None and (head is None or (if_match != ANY and layout.head_version(head) != if_match)):
-                what = "does not exist" if head is None else f"is not at version {if_match}"
-                raise PreconditionFailed(f"object {key!r} {what}")
+                raise ObjectVersionMismatch(key, if_match, None if head is None else layout.head_version(head))
             created_at = layout.time_of(head["created_at"]) if head is not None else now
             head_entity = Entity(tenant, head_rk, layout.head_props(key, version, version_id, created_at, now,
                                                                     head_rk))
@@ -216,8 +219,8 @@ class ObjectService:
         # A marker from before markers kept the answer: describe the version, if it is still there.
         version = find(self._table, tenant, layout.version_rk(key, version_id))
         if version is None:
-            raise NotFound(f"the write with this idempotency key made version {version_id} of {key!r}, "
-                           "which has been deleted since")
+            raise ObjectVersionNotFound(key, version_id, f"the write with this idempotency key made version "
+                                                         f"{version_id} of {key!r}, which has been deleted since")
         return Outcome(layout.info_of(key, version, current=False, version_id=version_id), replayed=True)
 
     def _live_or_none(self, tenant: str, key: str, now: float) -> Entity | None:
@@ -266,7 +269,7 @@ class ObjectService:
             head, versions = state
             self._check_delete(key, head, if_match)
             if head is None and not versions:
-                raise NotFound(f"object {key!r} does not exist")
+                raise ObjectNotFound(key)
             rows = ([head] if head is not None else []) + versions
             removed[:] = versions
             return Change([TableOp(OpKind.DELETE, row, row.etag) for row in rows], None, status=204)
@@ -280,9 +283,9 @@ class ObjectService:
     @staticmethod
     def _check_delete(key: str, head: Entity | None, if_match: str | None) -> None:
         if if_match == ANY and head is None:
-            raise PreconditionFailed(f"object {key!r} does not exist (If-Match: *)")
+            raise ObjectVersionMismatch(key, ANY, None)
         if head is not None and if_match not in (None, ANY) and layout.head_version(head) != if_match:
-            raise PreconditionFailed(f"object {key!r} is not at version {if_match}")
+            raise ObjectVersionMismatch(key, if_match, layout.head_version(head))
 
     def _remove(self, tenant: str, key: str, head: Entity | None) -> bool:
         """Delete ``head`` (as read) and every version of ``key``; False when there was nothing.
@@ -326,7 +329,7 @@ class ObjectService:
     def _live_head(self, tenant: str, key: str, now: float) -> Entity:
         head = find(self._table, tenant, layout.head_rk(key))
         if head is None or layout.expired(head, now):
-            raise NotFound(f"object {key!r} does not exist")
+            raise ObjectNotFound(key)
         return head
 
     def _entity(self, tenant: str, key: str, version_id: str | None) -> tuple[Entity, ObjectInfo]:
@@ -336,10 +339,10 @@ class ObjectService:
         if version_id is None:
             return head, layout.info_of(key, head, current=True)
         if not version_id.isalnum() or len(version_id) > 40:
-            raise NotFound(f"object {key!r} has no version {version_id!r}")
+            raise ObjectVersionNotFound(key, version_id)
         entity = find(self._table, tenant, layout.version_rk(key, version_id))
         if entity is None or layout.expired(entity, now):
-            raise NotFound(f"object {key!r} has no version {version_id!r}")
+            raise ObjectVersionNotFound(key, version_id)
         current = layout.head_version(head) == version_id
         return entity, layout.info_of(key, entity, current=current, version_id=version_id)
 

@@ -35,6 +35,8 @@ class SessionNotActive(Conflict):
     """The session has ended; only an active session can be ended or record activity (409)."""
 
     title = "Session not active"
+    type_slug = "session-not-active"
+    problem_fields = ("session_id", "current", "wanted")
 
     def __init__(self, session_id: str, current: str, wanted: str) -> None:
         super().__init__(f"session {session_id!r} is {current}, not active: cannot {wanted}")

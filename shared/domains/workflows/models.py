@@ -77,6 +77,8 @@ class IllegalTransition(Conflict):
     """
 
     title = "Illegal transition"
+    type_slug = "illegal-transition"
+    problem_fields = ("workflow_id", "current", "target")
 
     def __init__(self, workflow_id: str, current: str, target: str) -> None:
         allowed = sorted(TRANSITIONS.get(WorkflowStatus(current), ()))
@@ -96,6 +98,8 @@ class NotAwaitingApproval(Conflict):
     """
 
     title = "Not awaiting approval"
+    type_slug = "not-awaiting-approval"
+    problem_fields = ("workflow_id", "workflow_status", "waiting_for", "ready_reason")
 
     def __init__(self, workflow_id: str, workflow_status: str, *, waiting_for: str | None = None,
                  ready_reason: str | None = None) -> None:

@@ -582,7 +582,6 @@ def test_rows_that_keep_appearing_end_in_busy_not_conflict(service, tenant, monk
     def always_there(operations):
         raise AlreadyExists("a concurrent writer got there first")
 
-    monkeypatch.setattr(service._raw, "batch", always_there)
     monkeypatch.setattr(service._table, "batch", always_there)
     monkeypatch.setattr("shared.storage.retry.time.sleep", lambda seconds: None)
     with pytest.raises(Busy):
