@@ -2,18 +2,28 @@
 
     from shared import StorageManager, StowageCheckpointSaver, RemoteCheckpointSaver
 
-The savers import LangGraph, so they load on first use, not with the package (the
-function app imports ``shared`` on every cold start and needs no LangGraph).
+Every name here loads on first use, not with the package: importing any
+``shared.<module>`` runs this file first, and the function app imports
+``shared.names`` and friends on every cold start without needing the facade
+(``shared.manager`` imports every domain's client) or the savers (LangGraph).
 """
 
-from typing import Any
+from __future__ import annotations
 
-from shared.manager import StorageManager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.domains.checkpoints.savers import RemoteCheckpointSaver, StowageCheckpointSaver
+    from shared.manager import StorageManager
 
 __all__ = ["RemoteCheckpointSaver", "StorageManager", "StowageCheckpointSaver"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "StorageManager":
+        from shared.manager import StorageManager
+
+        return StorageManager
     if name in ("StowageCheckpointSaver", "RemoteCheckpointSaver"):
         from shared.domains.checkpoints import savers
 

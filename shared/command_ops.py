@@ -13,9 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.models_base import StowageModel
 
 
-class CommandPayload(BaseModel):
+class CommandPayload(StowageModel):
     """Base of command payload models: unknown fields are an error, not ignored."""
 
     model_config = ConfigDict(extra="forbid")

@@ -24,6 +24,7 @@ in the data container.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Self, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, create_model, model_validator
 
 from shared import names
 from shared.domains import DOMAINS
@@ -51,6 +52,7 @@ from shared.errors import (
 )
 from shared.jsonvalues import MAX_JSON_DEPTH, parse_client_json
 from shared.keys import check_tenant
+from shared.models_base import StowageModel
 from shared.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ _PERMANENT = (InvalidInput, TooLarge, PreconditionFailed, AlreadyExists)
 # --------------------------------------------------------------------------- envelope
 
 
-class _EnvelopeBase(BaseModel):
+class _EnvelopeBase(StowageModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "oneOf": [{"required": ["payload"]}, {"required": ["payload_ref"]}]})
 
@@ -101,14 +103,29 @@ def _envelope_model(op: CommandOp) -> type[_EnvelopeBase]:
                         op=(op_type, ...), payload=(payload_type, None))
 
 
-_MODELS = tuple(_envelope_model(op) for op in OPS.values())
-_ENVELOPE: Any = Annotated[Union[_MODELS], Field(discriminator="op")]  # noqa: UP007  (built at run time)
-ENVELOPE_ADAPTER: TypeAdapter[Any] = TypeAdapter(_ENVELOPE)
+@functools.cache
+def envelope_adapter() -> TypeAdapter[Any]:
+    """The validator of every envelope, one model per registered op, built on first use.
+
+    Built lazily because the function app imports this module on every cold start
+    while only instances that receive a queue message (or a producer validating one)
+    need it; building it costs tens of milliseconds.
+    """
+    models = tuple(_envelope_model(op) for op in OPS.values())
+    envelope: Any = Annotated[Union[models], Field(discriminator="op")]  # noqa: UP007  (built at run time)
+    return TypeAdapter(envelope)
+
+
+def __getattr__(name: str) -> Any:
+    # ENVELOPE_ADAPTER stays importable by its old name; it is built on first access.
+    if name == "ENVELOPE_ADAPTER":
+        return envelope_adapter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def envelope_json_schema() -> dict[str, Any]:
     """The JSON Schema producers validate against (docs/commands.schema.json)."""
-    schema = ENVELOPE_ADAPTER.json_schema(by_alias=True)
+    schema = envelope_adapter().json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Stowage queue command envelope, version 1"
     return schema
@@ -229,7 +246,7 @@ class CommandProcessor:
         except InvalidInput as exc:
             raise PoisonMessage(str(exc)) from None
         try:
-            envelope = ENVELOPE_ADAPTER.validate_python(document)
+            envelope = envelope_adapter().validate_python(document)
         except ValidationError as exc:
             raise PoisonMessage(f"envelope is invalid: {_summary(exc)}") from None
         payload_key = None
@@ -545,7 +562,7 @@ class CommandClient:
         envelope: dict[str, Any] = {"version": ENVELOPE_VERSION, "op": op, "tenant": tenant,
                                     "idempotency_key": key, "payload": payload}
         try:
-            ENVELOPE_ADAPTER.validate_python(envelope)
+            envelope_adapter().validate_python(envelope)
         except ValidationError as exc:
             raise InvalidInput(f"command is invalid: {_summary(exc)}") from None
         body = json.dumps(envelope, ensure_ascii=False)

@@ -49,6 +49,16 @@ read again unchanged (same ETag) that still names the missing blob is damaged:
 :class:`OffloadedValueMissing` (500), logged, never NotFound for data that exists.
 A row that keeps changing under the reader is Busy (503, send again).
 
+Read cache: table value blobs are read through a bounded per-process cache
+(:class:`BlobReadCache`, one per blob store, 32 MiB, values up to 1 MiB; LRU). No
+entry is ever stale: a value blob's key is a fresh uuid per write and the blob is
+never rewritten, and a reader only looks a blob up after reading a row that names
+it, which it does only while the blob is that row's value. A row rewritten or
+deleted by another process simply stops naming the blob, and the entry is never
+asked for again; the deletes this process makes (``discard``) drop theirs at once.
+Queue claim checks are not cached: each is read about once, and a blob gone means
+"handled by another receiver".
+
 The sweeper (:func:`sweep_unreferenced_blobs`, a platform timer job) finds
 unreferenced table blobs from the blob side: it lists ``offload/tables/<table>/``
 in key order from a cursor kept in the blob ``offload/sweep/<table>`` (the listing's
@@ -68,11 +78,15 @@ import base64
 import binascii
 import json
 import logging
+import threading
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
+
+from cachetools import LRUCache
 
 from shared.backends.base import (
     MAX_ENTITY_BYTES,
@@ -191,12 +205,81 @@ def _fits_metadata(owner: str) -> bool:
     return len(OWNER_METADATA) + len(owner) <= MAX_METADATA_BYTES
 
 
-class _BlobSide:
-    """Writes and deletes the offloaded blobs under one key prefix."""
+#: Bytes of offloaded table values one blob store's read cache holds (LRU), and the largest value it keeps.
+READ_CACHE_MAX_BYTES = 32 * 1024 * 1024
+READ_CACHE_MAX_ITEM_BYTES = 1024 * 1024
 
-    def __init__(self, blobs: BlobStore, prefix: str) -> None:
+
+class BlobReadCache:
+    """Contents of immutable blobs by key: least recently used out first, bounded in bytes; thread-safe.
+
+    Only for blobs written once under a key never reused (the table value blobs:
+    a uuid per write, create-only). Such a blob's bytes are right for as long as
+    anything names it, so an entry needs no validation; the module docstring ("Read
+    cache") says why a reader is never handed the bytes of a value it no longer names.
+    ``hits`` and ``misses`` count lookups since creation.
+    """
+
+    def __init__(self, max_bytes: int = READ_CACHE_MAX_BYTES, max_item_bytes: int = READ_CACHE_MAX_ITEM_BYTES) -> None:
+        if max_item_bytes > max_bytes:
+            raise ValueError("max_item_bytes cannot exceed max_bytes")
+        self.max_bytes = max_bytes
+        self.max_item_bytes = max_item_bytes
+        self._entries: LRUCache[str, bytes] = LRUCache(maxsize=max_bytes, getsizeof=len)
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            data = self._entries.get(key)
+            if data is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.max_item_bytes:
+            return
+        with self._lock:
+            self._entries[key] = data
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes held now (at most ``max_bytes``)."""
+        return int(self._entries.currsize)
+
+
+# One read cache per blob store object (a backend hands out one per container), so every
+# table of one Stores shares one budget, and the cache goes when the store does.
+_READ_CACHES: weakref.WeakKeyDictionary[BlobStore, BlobReadCache] = weakref.WeakKeyDictionary()
+_READ_CACHES_LOCK = threading.Lock()
+
+
+def read_cache_of(blobs: BlobStore) -> BlobReadCache:
+    """The read cache of table value blobs kept for ``blobs`` in this process (made on first use)."""
+    with _READ_CACHES_LOCK:
+        cache = _READ_CACHES.get(blobs)
+        if cache is None:
+            cache = _READ_CACHES[blobs] = BlobReadCache()
+        return cache
+
+
+class _BlobSide:
+    """Writes and deletes the offloaded blobs under one key prefix; reads through ``cache`` when given."""
+
+    def __init__(self, blobs: BlobStore, prefix: str, cache: BlobReadCache | None = None) -> None:
         self.blobs = blobs
         self.prefix = prefix
+        self.cache = cache
 
     def write(self, data: bytes, content_type: str, owner: tuple[str, str] | None = None) -> str:
         """A new blob holding ``data``, recording ``owner`` (the row's keys) when given; its reference."""
@@ -221,13 +304,22 @@ class _BlobSide:
         return make_ref(key)
 
     def read(self, ref: str) -> bytes:
-        return self.blobs.get(parse_ref(ref)).data
+        key = parse_ref(ref)
+        if self.cache is None:
+            return self.blobs.get(key).data
+        data = self.cache.get(key)
+        if data is None:
+            data = bytes(self.blobs.get(key).data)
+            self.cache.put(key, data)
+        return data
 
     def discard(self, refs: Sequence[str]) -> None:
         """Delete blobs no longer referenced (a sidecar after its value). Already gone is fine
         (a retry, or a racing writer)."""
         for ref in refs:
             key = parse_ref(ref)
+            if self.cache is not None:
+                self.cache.discard(key)
             self._delete_quietly(key)
             if key.endswith(LONG_OWNER_SUFFIX):
                 self._delete_quietly(key + SIDECAR_SUFFIX)
@@ -267,7 +359,12 @@ class OffloadingTable:
         self.table = table
         self.name = table.name
         self.threshold = threshold
-        self._side = _BlobSide(blobs, table_offload_prefix(table.name).rstrip("/"))
+        self._side = _BlobSide(blobs, table_offload_prefix(table.name).rstrip("/"), read_cache_of(blobs))
+
+    @property
+    def read_cache(self) -> BlobReadCache | None:
+        """The cache this table's value blobs are read through (shared by every table on the same blob store)."""
+        return self._side.cache
 
     # -- encoding
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, StrictInt
+from pydantic import BeforeValidator, Field, StrictInt
 
 from shared.command_ops import CommandPayload
 from shared.errors import InvalidInput, NotFound
 from shared.keys import ID_PATTERN
+from shared.models_base import RequestBodyModel, StowageModel
 
 MAX_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 256  # namespaces, channels, versions, run ids
@@ -208,7 +209,7 @@ def _text_keys(schema: dict[str, Any]) -> None:
                                "maxLength": TEXT["max_length"]}
 
 
-class Value(BaseModel):
+class Value(StowageModel):
     """A serialised value: the serializer's type tag and the bytes, base64-encoded."""
 
     type: str = Field(pattern=f"^[!-~]{{1,{MAX_TYPE_LENGTH}}}$",
@@ -228,7 +229,7 @@ class Value(BaseModel):
             raise InvalidInput(f"{what}: data is not valid base64 (standard alphabet, with padding)") from None
 
 
-class CheckpointPut(BaseModel):
+class CheckpointPut(StowageModel):
     """A checkpoint to store, with the channel values it introduces."""
 
     parent_checkpoint_id: Id | None = Field(default=None, description="The checkpoint this one follows.")
@@ -244,7 +245,7 @@ class CheckpointPut(BaseModel):
                     "come from earlier checkpoints).")
 
 
-class WriteIn(BaseModel):
+class WriteIn(StowageModel):
     """One pending write."""
 
     idx: JsonInt = Field(ge=-(2**31), le=2**31,
@@ -254,7 +255,7 @@ class WriteIn(BaseModel):
     value: Value
 
 
-class WritesPut(BaseModel):
+class WritesPut(StowageModel):
     """A task's pending writes for a checkpoint."""
 
     task_path: str = Field(default="", max_length=MAX_TASK_PATH_LENGTH, pattern=TEXT_PATTERN,
@@ -262,14 +263,14 @@ class WritesPut(BaseModel):
     writes: list[WriteIn] = Field(max_length=MAX_WRITES)
 
 
-class CopyRequest(BaseModel):
+class CopyRequest(RequestBodyModel):
     """Where to copy a thread."""
 
     target_thread_id: Id = Field(description=f"The thread to copy to: {ID_RULE}; rows it already has "
                                                      "are kept.")
 
 
-class PruneRequest(BaseModel):
+class PruneRequest(RequestBodyModel):
     """How to prune a thread."""
 
     strategy: PruneStrategy = Field(default=PruneStrategy.KEEP_LATEST,
@@ -277,7 +278,7 @@ class PruneRequest(BaseModel):
                                                 "delete: the whole thread.")
 
 
-class RunsDelete(BaseModel):
+class RunsDelete(RequestBodyModel):
     """Runs whose checkpoints to delete."""
 
     run_ids: list[Text] = Field(min_length=1, max_length=100, description="Run ids (metadata 'run_id').")

@@ -12,6 +12,7 @@ from shared.backends.base import MAX_BATCH_OPERATIONS
 from shared.command_ops import CommandPayload
 from shared.errors import AlreadyExists, Conflict, NotFound, PreconditionFailed
 from shared.keys import ID_PATTERN
+from shared.models_base import RequestBodyModel
 
 #: Largest content of one message (UTF-8 text, or JSON parts serialised), checked before writing.
 MAX_CONTENT_BYTES = 8 * 1024 * 1024
@@ -209,7 +210,7 @@ ID: dict[str, Any] = {"pattern": ID_PATTERN, "min_length": 1, "max_length": 128}
 Id = Annotated[str, Field(pattern=ID_PATTERN, min_length=1, max_length=128)]
 
 
-class MessageInput(BaseModel):
+class MessageInput(RequestBodyModel):
     """A message to append."""
 
     model_config = ConfigDict(extra="forbid")
@@ -228,7 +229,7 @@ class MessageInput(BaseModel):
         return NewMessage(self.role, self.content, self.metadata, self.parent_message_id)
 
 
-class CreateThreadRequest(BaseModel):
+class CreateThreadRequest(RequestBodyModel):
     """A thread to create."""
 
     model_config = ConfigDict(extra="forbid")
@@ -240,7 +241,7 @@ class CreateThreadRequest(BaseModel):
     metadata: dict[str, Any] | None = Field(default=None, description="Free JSON metadata, up to 8 KiB.")
 
 
-class UpdateThreadRequest(BaseModel):
+class UpdateThreadRequest(RequestBodyModel):
     """Fields to change; absent fields are kept, null clears."""
 
     model_config = ConfigDict(extra="forbid")
@@ -250,7 +251,7 @@ class UpdateThreadRequest(BaseModel):
                                             description="New metadata (replaces the old); null clears it.")
 
 
-class AddMessagesRequest(BaseModel):
+class AddMessagesRequest(RequestBodyModel):
     """Several messages, appended atomically with consecutive seqs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -259,7 +260,7 @@ class AddMessagesRequest(BaseModel):
                                          description=f"1 to {MAX_MESSAGES_PER_CALL} messages, in order.")
 
 
-class UpdateMessageRequest(BaseModel):
+class UpdateMessageRequest(RequestBodyModel):
     """Fields to change; absent fields are kept."""
 
     model_config = ConfigDict(extra="forbid")

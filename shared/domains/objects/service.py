@@ -32,6 +32,18 @@ otherwise that version's row and blob, then the entry. An entry is filed before
 its version is written, so a crash leaves at worst an entry for no version, which
 the timer drops.
 
+Read cache: the content blob of a version (content over 8 KiB) is written once
+under a key naming the tenant, the object and the version id, and never rewritten,
+so each service instance keeps the latest read ones in a bounded LRU cache
+(:data:`CONTENT_CACHE_MAX_BYTES`, items up to :data:`CONTENT_CACHE_MAX_ITEM_BYTES`).
+Only the content is cached, never a row: every read still reads the head (and, by
+``version_id``, the version's row) first, and judges existence and expiry on them,
+so a deleted or expired version is a 404 whichever process deleted it, and the
+cache is asked only for a version that exists. The cached bytes are valid for as
+long as the version exists; this instance drops an entry when it deletes the blob.
+A version id is a nanosecond clock reading plus 16 random bits, so a key deleted in
+another process is never written again with other content.
+
 One partition per tenant caps one tenant's object writes at the table's
 partition throughput (about 2,000 entities/s on Azure): fine for configuration,
 agent state and documents, the workloads objects are for.
@@ -40,8 +52,11 @@ agent state and documents, the workloads objects are for.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+
+from cachetools import LRUCache
 
 from shared import names
 from shared.backends import Entity, OpKind, Page, TableOp
@@ -76,6 +91,9 @@ _DELETE_BATCH = MAX_BATCH_OPERATIONS - 1
 #: Wall time one retention run may take by default (the timer runs every 5 minutes).
 PURGE_BUDGET_SECONDS = 45.0
 _LEGACY_PAGE = 100
+#: Bytes of version content one service instance keeps in its read cache, and the largest item it keeps.
+CONTENT_CACHE_MAX_BYTES = 32 * 1024 * 1024
+CONTENT_CACHE_MAX_ITEM_BYTES = 1024 * 1024
 
 
 class ObjectService:
@@ -92,6 +110,12 @@ class ObjectService:
         self._clock = clock
         # DueIndex is annotated with TableStore; the offloading table has every method it uses.
         self._expiry = DueIndex(self._table, EXPIRES_INDEX, clock=clock)
+        # Version content blobs by key (immutable: see "Read cache" above); LRUCache is not thread-safe.
+        self._content: LRUCache[str, bytes] = LRUCache(maxsize=CONTENT_CACHE_MAX_BYTES, getsizeof=len)
+        self._content_lock = threading.Lock()
+        #: Content reads served from the cache, and those that went to the blob store.
+        self.content_cache_hits = 0
+        self.content_cache_misses = 0
 
     @staticmethod
     def _check(tenant: str, key: str) -> None:
@@ -319,6 +343,8 @@ class ObjectService:
                 self._discard_blob(blob)
 
     def _discard_blob(self, blob_key: str) -> None:
+        with self._content_lock:
+            self._content.pop(blob_key, None)
         try:
             self._blobs.delete(blob_key)
         except NotFound:
@@ -355,8 +381,22 @@ class ObjectService:
         entity, info = self._entity(tenant, key, version_id)
         data = layout.inline_data(entity)
         if data is None:
-            data = self._blobs.get(str(entity["blob"])).data
+            data = self._content_of(str(entity["blob"]))
         return StoredObject(info, bytes(data))
+
+    def _content_of(self, blob_key: str) -> bytes:
+        """A version's content blob, from the read cache when there; call only after reading its row."""
+        with self._content_lock:
+            data = self._content.get(blob_key)
+            if data is not None:
+                self.content_cache_hits += 1
+                return data
+            self.content_cache_misses += 1
+        data = bytes(self._blobs.get(blob_key).data)
+        if len(data) <= CONTENT_CACHE_MAX_ITEM_BYTES:
+            with self._content_lock:
+                self._content[blob_key] = data
+        return data
 
     def list(self, tenant: str, prefix: str = "", *, limit: int = 100,
              continuation: str | None = None) -> Page[ObjectInfo]:

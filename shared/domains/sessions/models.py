@@ -6,11 +6,12 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, StrictFloat, StrictInt
+from pydantic import BeforeValidator, Field, StrictFloat, StrictInt
 
 from shared.command_ops import CommandPayload
 from shared.errors import Conflict
 from shared.keys import ID_PATTERN
+from shared.models_base import RequestBodyModel
 
 MAX_METADATA_BYTES = 16_000  # stays inline under the default offload threshold, so metric writes stay small
 MAX_REASON_LENGTH = 1000
@@ -120,7 +121,7 @@ def _whole_float_as_int(value: object) -> object:
 JsonInt = Annotated[StrictInt, BeforeValidator(_whole_float_as_int)]
 
 
-class CreateSession(BaseModel):
+class CreateSession(RequestBodyModel):
     """A session to start."""
 
     user_id: str = Field(pattern=ID_PATTERN, min_length=1, max_length=128, description=f"The user it belongs to: {ID_RULE}.")
@@ -129,7 +130,7 @@ class CreateSession(BaseModel):
     metadata: dict[str, Any] | None = Field(default=None, description=f"Any JSON object, up to {MAX_METADATA_BYTES} bytes.")
 
 
-class UpdateSession(BaseModel):
+class UpdateSession(RequestBodyModel):
     """New metadata for a session."""
 
     metadata: dict[str, Any] = Field(description=f"Replaces the metadata; any JSON object up to {MAX_METADATA_BYTES} bytes.")
@@ -144,7 +145,7 @@ class EndedStatus(enum.StrEnum):
     EXPIRED = SessionStatus.EXPIRED.value
 
 
-class EndSession(BaseModel):
+class EndSession(RequestBodyModel):
     """How a session ends."""
 
     status: EndedStatus = Field(default=EndedStatus.COMPLETED,
@@ -152,7 +153,7 @@ class EndSession(BaseModel):
     reason: str | None = Field(default=None, max_length=MAX_REASON_LENGTH, description="Why it ended.")
 
 
-class RecordMetrics(BaseModel):
+class RecordMetrics(RequestBodyModel):
     """Activity to add to a session's metrics; also refreshes its last activity."""
 
     requests: JsonInt = Field(default=1, ge=0, le=MAX_REQUESTS_PER_RECORD, description="Requests to add.")

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 from shared.command_ops import CommandPayload
 from shared.errors import Conflict, InvalidInput
 from shared.keys import ID_PATTERN
+from shared.models_base import RequestBodyModel, StowageModel
 
 MAX_TEXT_LENGTH = 200  # workflow_name, resource: they become parts of index keys
 MAX_STEP_LENGTH = 1000
@@ -126,7 +127,7 @@ def _kind_required(schema: dict[str, Any]) -> None:
     schema["required"] = ["kind", *[name for name in schema.get("required", []) if name != "kind"]]
 
 
-class _Reason(BaseModel):
+class _Reason(StowageModel):
     # kind keeps its default for Python callers building a model; as data (HTTP, queue) it must be sent.
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_kind_required)
 
@@ -264,7 +265,7 @@ class Resumed:
 ID_RULE = "1-128 letters, digits, '.', '_', ':' or '-'"
 
 
-class SuspendRequest(CommandPayload):
+class SuspendRequest(CommandPayload, RequestBodyModel):
     """Suspend a new workflow (created) or a running one."""
 
     workflow_name: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
@@ -279,14 +280,14 @@ class SuspendRequest(CommandPayload):
     resume_conditions: dict[str, Any] | None = Field(default=None, description="Any JSON object, up to 16,000 bytes.")
 
 
-class TransitionRequest(CommandPayload):
+class TransitionRequest(CommandPayload, RequestBodyModel):
     """An optional note on why the workflow completed, failed or was cancelled."""
 
     detail: str | None = Field(default=None, min_length=1, max_length=MAX_DETAIL_LENGTH, pattern=TEXT_PATTERN,
                                description="A note on why.")
 
 
-class ApproveRequest(CommandPayload):
+class ApproveRequest(CommandPayload, RequestBodyModel):
     """Who approves, and why."""
 
     approved_by: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_LENGTH, pattern=TEXT_PATTERN,
