@@ -10,6 +10,11 @@ acknowledged write survives a process kill, with ``FULL`` also a power cut.
 Several processes (the server and the CLI) may share one data directory: SQLite's
 file locks serialise writers, and ``busy_timeout`` makes them wait their turn.
 
+Entities: ``entities.props`` holds a row's properties as JSON text, or, when it has
+bytes properties, as a BLOB of a JSON header followed by the raw bytes (no base64;
+see ``_encode_properties``). Rows of the format before (JSON text with base64
+bytes) are read as they are; both kinds live side by side in one file.
+
 Limits: one machine; writers are serialised per file (tens of thousands of small
 writes a second, see docs/performance.md).
 
@@ -31,6 +36,7 @@ import os
 import queue
 import secrets
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -245,21 +251,44 @@ class _Database:
 
 # One encoder for every write (json.dumps with options builds a new one per call); same output.
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_JSON_DECODE = json.JSONDecoder().decode
+#: First byte of the binary row encoding (a JSON text never starts with it).
+_BINARY_TAG = b"\x01"
+_HEADER_LENGTH = struct.Struct("<I")
 
 
-def _encode_properties(properties: dict[str, PropertyValue]) -> str:
-    """JSON keeps str, int, float (1.0 stays 1.0) and bool apart; bytes get a tag object."""
-    encoded = {
-        name: {"b64": base64.b64encode(value).decode()} if isinstance(value, bytes) else value
-        for name, value in properties.items()
-    }
-    return _JSON.encode(encoded)
+def _encode_properties(properties: dict[str, PropertyValue]) -> str | bytes:
+    """A row's properties as stored in ``entities.props``.
+
+    Without bytes properties: JSON text (JSON keeps str, int, float (1.0 stays 1.0) and
+    bool apart). With bytes: a BLOB, ``0x01``, the length of a UTF-8 JSON header
+    (4 bytes, little-endian), the header ``[{other properties}, [[name, size], ...]]``
+    and the bytes values one after the other, raw (no base64).
+    """
+    binary = [(name, value) for name, value in properties.items() if isinstance(value, bytes)]
+    if not binary:
+        return _JSON.encode(properties)
+    scalars = {name: value for name, value in properties.items() if not isinstance(value, bytes)}
+    header = _JSON.encode([scalars, [(name, len(value)) for name, value in binary]]).encode("utf-8")
+    return b"".join((_BINARY_TAG, _HEADER_LENGTH.pack(len(header)), header, *(value for _, value in binary)))
 
 
-def _decode_properties(text: str) -> dict[str, PropertyValue]:
+def _decode_properties(stored: str | bytes) -> dict[str, PropertyValue]:
+    """Properties :func:`_encode_properties` stored, or the format before it: JSON text whose
+    bytes values are ``{"b64": ...}`` objects (rows written by earlier releases)."""
+    if isinstance(stored, bytes):
+        (length,) = _HEADER_LENGTH.unpack_from(stored, 1)
+        start = 1 + _HEADER_LENGTH.size
+        scalars, sizes = _JSON_DECODE(stored[start:start + length].decode("utf-8"))
+        properties: dict[str, PropertyValue] = scalars
+        offset = start + length
+        for name, size in sizes:
+            properties[name] = stored[offset:offset + size]
+            offset += size
+        return properties
     return {
         name: base64.b64decode(value["b64"]) if isinstance(value, dict) else value
-        for name, value in json.loads(text).items()
+        for name, value in _JSON_DECODE(stored).items()
     }
 
 

@@ -20,6 +20,11 @@ Guarantees and crash behaviour:
   grouping is an optimisation within one process, not a protocol between
   processes, and holds no state after its writers return (per-partition slots are
   weakly referenced).
+* A writer may *linger* (``commit(..., linger=seconds)``): it waits, queued, up to that
+  long for another writer of the partition to take it along, then writes alone; while
+  a commit of the partition is in flight it waits on, up to :data:`MAX_LINGER_ROUNDS`
+  lingers in all (the writer that will carry it may be waiting for that commit). The
+  wait is on an event; whoever carries it settles it and wakes it.
 * If the committing thread is interrupted (KeyboardInterrupt, a bug in a callback)
   before a write of its group is settled, that writer gets
   :class:`~shared.errors.Busy` (send again), never a hang.
@@ -39,6 +44,9 @@ from shared.errors import Busy
 W = TypeVar("W")
 R = TypeVar("R")
 
+#: A lingering write waits at most this many times its linger, and longer than one linger
+#: only while another commit of its partition is in flight.
+MAX_LINGER_ROUNDS = 20
 #: Room left under the 4 MiB batch limit for estimates of the wire size of a group.
 BATCH_WIRE_BUDGET = 3 * 1024 * 1024
 
@@ -52,6 +60,8 @@ class _Pending(Generic[W, R]):
     error: BaseException | None = None
     settled: bool = False
     done: bool = field(default=False)
+    #: Set once settled, for a writer that lingers (waits to be carried along by another).
+    event: threading.Event | None = None
 
 
 class _Slot(Generic[W, R]):
@@ -80,20 +90,44 @@ class GroupCommit(Generic[W, R]):
         self.max_bytes = max_bytes
         self._slots: weakref.WeakValueDictionary[str, _Slot[W, R]] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        #: Makes the event a lingering writer waits on (tests hook it to know a writer is queued).
+        self.make_event: Callable[[], threading.Event] = threading.Event
 
     def fits(self, operations: int, size: int) -> bool:
         """Whether a write of this many rows and bytes fits one batch (else write it in parts yourself)."""
         return operations <= self.max_operations and size <= self.max_bytes
 
-    def commit(self, partition: str, write: W, *, row_keys: Sequence[str], size: int) -> R:
-        """Write ``write`` (rows ``row_keys`` of ``partition``, ``size`` bytes), grouped with others waiting."""
+    def commit(self, partition: str, write: W, *, row_keys: Sequence[str], size: int, linger: float = 0.0) -> R:
+        """Write ``write`` (rows ``row_keys`` of ``partition``, ``size`` bytes), grouped with others waiting.
+
+        ``linger``: seconds to wait, queued, for another writer of the partition to carry this
+        write along in its batch (one batch instead of two) before writing it alone. For a
+        write that is usually followed at once by another (LangGraph's pending writes, then
+        the next checkpoint); it delays only this writer, never the one that carries it.
+        """
+        return self.commit_carried(partition, write, row_keys=row_keys, size=size, linger=linger)[0]
+
+    def commit_carried(self, partition: str, write: W, *, row_keys: Sequence[str], size: int,
+                       linger: float = 0.0) -> tuple[R, bool]:
+        """:meth:`commit`, and whether a lingering write was carried along by another writer."""
         request: _Pending[W, R] = _Pending(write, frozenset(row_keys), size)
+        carried = False
+        if linger > 0:
+            request.event = self.make_event()
         with self._lock:
             slot = self._slots.get(partition)
             if slot is None:
                 slot = _Slot()
                 self._slots[partition] = slot
             slot.queue.append(request)
+        if request.event is not None:
+            # Settled by a writer that took it along, or time to write it alone; while a commit
+            # of the partition is in flight (the write that will carry it often waits for that
+            # one: LangGraph chains its puts), the wait goes on, up to MAX_LINGER_ROUNDS lingers.
+            for _ in range(MAX_LINGER_ROUNDS):
+                carried = request.event.wait(linger)
+                if carried or not slot.commit_lock.locked():
+                    break
         with slot.commit_lock:
             if not request.settled:
                 with self._lock:
@@ -101,7 +135,7 @@ class GroupCommit(Generic[W, R]):
                 self._commit_group(group)
         if request.error is not None:
             raise request.error
-        return request.result  # type: ignore[return-value]  # settled without an error: a result
+        return request.result, carried  # type: ignore[return-value]  # settled without an error: a result
 
     def _take_group(self, queue: list[_Pending[W, R]], own: _Pending[W, R]) -> list[_Pending[W, R]]:
         """``own`` and the queued writes that fit with it in one batch (no row twice), off the queue."""
@@ -136,3 +170,5 @@ class GroupCommit(Generic[W, R]):
                 if not pending.done and pending.error is None:
                     pending.error = Busy("the group commit carrying this write was interrupted; send it again")
                 pending.settled = True
+                if pending.event is not None:
+                    pending.event.set()

@@ -10,11 +10,22 @@ written in ONE atomic batch:
     ``{channel: version}`` of the values it holds. Ids are inverted character by
     character (and end with ``~``), so ascending row keys list the NEWEST first: the
     latest checkpoint of a namespace is a one-row prefix query, and ``before`` is a
-    range start;
+    range start. Format 2 rows also hold small channel values INLINE: ``inl`` is
+    JSON ``[[channel, version, type, size], ...]`` and the values' bytes, one after
+    the other in that order, are the bytes property ``iv`` (split like any bytes, see
+    below; at most 96 KiB in all). A checkpoint row never refers to another row's inline values: a
+    value is inline where it is new, carried inline again while it is unchanged and
+    small, and otherwise in a value row; so any checkpoint row can be deleted
+    without the others losing anything;
   - ``v|<ns>|<channel>|<version>`` (:func:`value_rk`): one value per channel
-    version, written once (create-only; an existing version is never rewritten), so
-    a step that changes one channel writes one value;
+    version that is not inline (large, or unchanged and too large to carry),
+    written once (create-only; an existing version is never rewritten; a carried
+    value is written blind, the same bytes), so a step that changes one large
+    channel writes one value. A value a checkpoint row holds inline is read from
+    there, any other from its value row (rows of format 1 hold every value there);
   - ``w|<ns>|<checkpoint_id>|<task_id>|<idx>`` (:func:`write_rk`): pending writes.
+    Format 2: ``w`` is JSON ``[task_id, task_path, idx, channel, type]`` and ``data``
+    the bytes (format 1: properties ``task``, ``path``, ``idx``, ``ch``, ``type``).
     Regular writes (``idx >= 0``) are create-only, so writing the same (task_id, idx)
     twice never duplicates one; special channels (negative ``idx``) are replaced, as
     LangGraph's own savers do;
@@ -38,7 +49,8 @@ up to 256 KiB they are split over properties ``<name>0..<name>{n-1}`` with
 ``<name>_n``; larger ones are one property that the claim-check rule
 (:mod:`shared.backends.offload`) moves to a blob.
 
-Every row written carries ``fmt`` (:data:`FMT`); rows without it are format 1 too.
+Every row written carries ``fmt`` (:data:`FMT`; checkpoint and pending write rows 2); rows
+without it are format 1 too. Rows of format 1 (every value in a value row) are read as they are.
 Timestamps (``at``) are epoch seconds (float), shown as ISO-8601 UTC.
 """
 
@@ -47,6 +59,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +70,13 @@ from shared.domains.checkpoints.models import INLINE_VALUE_BYTES, PendingWrite, 
 from shared.keys import escape
 from shared.storage.rows import ROW_FMT, iso, stamped, stored_time
 
-#: The version of the row format this code writes.
+#: The version of the row format this code writes (checkpoint rows with inline values: 2).
 FMT = 1
+#: Checkpoint rows written by this code (``inl`` and ``i<k>`` may hold inline values).
+CHECKPOINT_FMT = 2
+#: Pending write rows written by this code (``w`` holds their fields as one JSON array).
+WRITE_FMT = 2
+INLINE_MANIFEST = "inl"
 #: Every character a checkpoint id may hold, in code-point order; inverting maps the
 #: i-th to the i-th from the end, and "~" (above all of them) ends the inverted id so
 #: that a longer id sorts before its prefix.
@@ -71,7 +90,7 @@ _INVERT = str.maketrans(ALPHABET, ALPHABET[::-1])
 _MAX_KEY_PART = 100
 
 __all__ = [
-    "ALPHABET", "CHECKPOINT_PREFIX", "END", "FMT", "RUN_PREFIX", "VALUE_PREFIX", "WRITE_PREFIX",
+    "ALPHABET", "CHECKPOINT_FMT", "CHECKPOINT_PREFIX", "END", "FMT", "INLINE_MANIFEST", "WRITE_FMT", "RUN_PREFIX", "VALUE_PREFIX", "WRITE_PREFIX",
     "CheckpointRow", "RunRow", "checkpoint_rk", "checkpoint_row", "commands_pk", "get_bytes", "inverted",
     "part", "pending_write_of", "put_bytes", "run_index_row", "run_pk", "run_rk", "run_row", "run_row_of",
     "thread_index_row", "thread_info_of", "thread_pk", "threads_pk", "uninverted", "value_of", "value_rk",
@@ -235,13 +254,20 @@ def value_at(entity: Entity) -> float:
 
 def write_row(partition: str, ns_part: str, checkpoint_id: str, task_id: str, task_path: str, idx: int,
               channel: str, value: TypedValue, at: float, threshold: int) -> Entity:
-    properties: dict[str, Any] = _stamped({"task": task_id, "path": task_path, "idx": idx, "ch": channel,
-                                           "type": value.type, "at": stored_time(at)})
+    """A pending write (format 2): ``w`` is JSON ``[task_id, task_path, idx, channel, type]``."""
+    properties: dict[str, Any] = {"w": _JSON.encode((task_id, task_path, idx, channel, value.type)),
+                                  "at": stored_time(at), ROW_FMT: WRITE_FMT}
     put_bytes(properties, "data", value.data, threshold)
     return Entity(partition, write_rk(ns_part, checkpoint_id, task_id, idx), properties)
 
 
 def pending_write_of(entity: Entity) -> PendingWrite:
+    packed = entity.get("w")
+    if packed is not None:
+        task_id, task_path, idx, channel, kind = json.loads(str(packed))
+        return PendingWrite(str(task_id), str(channel), TypedValue(str(kind), get_bytes(entity, "data")),
+                            _as_int(idx), str(task_path))
+    # Format 1: one property each.
     return PendingWrite(str(entity["task"]), str(entity["ch"]), value_of(entity), _as_int(entity["idx"]),
                         str(entity.get("path", "")))
 
@@ -261,6 +287,8 @@ class CheckpointRow:
     versions: dict[str, str]
     metadata: dict[str, Any]
     at: float
+    #: Values held inline, by channel: ``(version, value)`` (empty for format 1 rows).
+    inline: dict[str, tuple[str, TypedValue]]
 
     @property
     def row_key(self) -> str:
@@ -283,18 +311,61 @@ class CheckpointRow:
         return TypedValue(str(self.entity["ctype"]), get_bytes(self.entity, "cdata"))
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: The properties :func:`put_bytes` may use for the inline values' bytes ``iv``.
+_INLINE_BYTES = re.compile(r"iv(?:_n|[0-9]*)")
+
+
 def checkpoint_row(partition: str, checkpoint_ns: str, checkpoint_id: str, checkpoint: TypedValue, *,
                    metadata_text: str, versions: dict[str, str], parent: str | None, run: str | None,
-                   at: float, threshold: int) -> Entity:
-    properties: dict[str, Any] = _stamped({
+                   at: float, threshold: int,
+                   inline: Mapping[str, tuple[str, TypedValue]] | None = None) -> Entity:
+    """A checkpoint row; ``inline``: values it holds itself, by channel (each at most ``threshold`` bytes)."""
+    properties: dict[str, Any] = stamped({
         "id": checkpoint_id, "ns": checkpoint_ns, "ctype": checkpoint.type, "meta": metadata_text,
-        "vals": json.dumps(versions, ensure_ascii=False, separators=(",", ":")), "at": stored_time(at)})
+        "vals": _JSON.encode(versions), "at": stored_time(at)}, CHECKPOINT_FMT)
     if parent is not None:
         properties["parent"] = parent
     if run is not None:
         properties["run"] = run
     put_bytes(properties, "cdata", checkpoint.data, threshold)
+    if inline:
+        properties[INLINE_MANIFEST] = _JSON.encode(
+            [(channel, version, value.type, len(value.data)) for channel, (version, value) in inline.items()])
+        put_bytes(properties, "iv", b"".join(value.data for _, value in inline.values()), threshold)
     return Entity(partition, checkpoint_rk(part(checkpoint_ns), checkpoint_id), properties)
+
+
+def _inline_of(entity: Entity) -> dict[str, tuple[str, TypedValue]]:
+    manifest = entity.get(INLINE_MANIFEST)
+    if not manifest:
+        return {}
+    data = get_bytes(entity, "iv")
+    held: dict[str, tuple[str, TypedValue]] = {}
+    offset = 0
+    for channel, version, kind, size in json.loads(str(manifest)):
+        held[str(channel)] = (str(version), TypedValue(str(kind), data[offset:offset + size]))
+        offset += size
+    return held
+
+
+def keeping_inline(new: Entity, old: Entity, threshold: int) -> Entity:
+    """``new``, a checkpoint row replacing ``old``, holding also the values ``old`` held inline that
+    ``new`` names at the same version but does not hold (a repeated put passes no value for them:
+    they were new the first time)."""
+    versions = json.loads(str(new["vals"]))
+    held = _inline_of(new)
+    kept = {channel: pair for channel, pair in _inline_of(old).items()
+            if channel not in held and versions.get(channel) == pair[0]}
+    if not kept:
+        return new
+    properties = {name: value for name, value in new.properties.items()
+                  if name != INLINE_MANIFEST and not _INLINE_BYTES.fullmatch(name)}
+    inline = {**held, **kept}
+    properties[INLINE_MANIFEST] = _JSON.encode(
+        [(channel, version, value.type, len(value.data)) for channel, (version, value) in inline.items()])
+    put_bytes(properties, "iv", b"".join(value.data for _, value in inline.values()), threshold)
+    return Entity(new.partition_key, new.row_key, properties)
 
 
 def checkpoint_of(entity: Entity) -> CheckpointRow:
@@ -303,7 +374,8 @@ def checkpoint_of(entity: Entity) -> CheckpointRow:
     metadata = json.loads(str(entity["meta"]))
     return CheckpointRow(entity, str(entity["id"]), str(entity.get("ns", "")), str(parent) if parent else None,
                          str(run) if run else None, {str(k): str(v) for k, v in versions.items()},
-                         metadata if isinstance(metadata, dict) else {}, _as_float(entity["at"]))
+                         metadata if isinstance(metadata, dict) else {}, _as_float(entity["at"]),
+                         _inline_of(entity))
 
 
 def run_of(entity: Entity) -> str | None:

@@ -16,14 +16,17 @@
 Both implement every method of ``BaseCheckpointSaver``, sync and async, including
 ``delete_for_runs``, ``copy_thread`` and ``prune``. The direct saver's async
 methods run the blocking storage calls in a worker thread (``asyncio.to_thread``);
-the remote saver uses ``httpx.AsyncClient``. Both honour ``thread_id``,
+the remote saver uses ``httpx.AsyncClient``. The direct saver's sync ``put_writes``
+waits up to ``writes_linger`` (10 ms) for the next ``put`` of the thread to carry its
+rows in the same atomic batch (LangGraph stores both right after each other, from two
+threads), so a step costs one batch instead of two. Both honour ``thread_id``,
 ``checkpoint_ns`` and ``checkpoint_id`` in ``config["configurable"]`` as
 LangGraph's own savers do, and make versions like the SQLite saver.
 
 Values are serialised by the saver's ``serde`` (LangGraph's ``JsonPlusSerializer``
 unless given): the checkpoint without its channel values, each new channel value
-and each pending write are stored as separate typed values, so a step that
-changes one channel stores one value.
+and each pending write are stored as separate typed values; the service keeps small
+ones inline in the checkpoint row and stores a large one once per version.
 """
 
 from __future__ import annotations
@@ -172,9 +175,19 @@ class StowageCheckpointSaver(BaseCheckpointSaver[str]):
     :class:`CheckpointService` and the tenant.
     """
 
+    #: Seconds a task's pending writes wait for the next checkpoint's put to carry them in one batch.
+    WRITES_LINGER = 0.01
+
     def __init__(self, storage: StorageManager | CheckpointService, tenant: str | None = None, *,
-                 serde: SerializerProtocol | None = None) -> None:
+                 serde: SerializerProtocol | None = None, writes_linger: float = WRITES_LINGER) -> None:
+        """``writes_linger``: LangGraph stores a step's pending writes and, right after, the next
+        checkpoint, from two threads; a put_writes waits up to this long (seconds) for that put
+        to carry its rows in the same atomic batch (one commit, one round trip), then writes
+        alone. Only the background call waits; 0 writes at once."""
         super().__init__(serde=serde)
+        if not isinstance(writes_linger, (int, float)) or not 0 <= writes_linger <= 1:
+            raise InvalidInput("writes_linger must be from 0 to 1 second")
+        self.writes_linger = float(writes_linger)
         if isinstance(storage, StorageManager):
             if tenant is not None and tenant != storage.tenant:
                 raise InvalidInput(f"the StorageManager is for tenant {storage.tenant!r}, not {tenant!r}")
@@ -257,10 +270,14 @@ class StowageCheckpointSaver(BaseCheckpointSaver[str]):
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
+        self._put_writes(config, writes, task_id, task_path, self.writes_linger)
+
+    def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str,
+                    linger: float) -> None:
         configurable = config["configurable"]
-        self._service.put_writes(self.tenant, str(configurable["thread_id"]), configurable.get("checkpoint_ns", ""),
-                                 str(configurable["checkpoint_id"]), task_id, _split_writes(self.serde, writes),
-                                 task_path=task_path)
+        self._service._put_writes(self.tenant, str(configurable["thread_id"]), configurable.get("checkpoint_ns", ""),
+                                  str(configurable["checkpoint_id"]), task_id, _split_writes(self.serde, writes),
+                                  task_path=task_path, linger=linger)
 
     def delete_thread(self, thread_id: str) -> None:
         try:
@@ -307,7 +324,9 @@ class StowageCheckpointSaver(BaseCheckpointSaver[str]):
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
-        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+        # No linger: the event loop's default executor has few threads, and writes waiting in
+        # them for the put could keep the put itself from starting (a step of many tasks).
+        await asyncio.to_thread(self._put_writes, config, writes, task_id, task_path, 0.0)
 
     async def adelete_thread(self, thread_id: str) -> None:
         await asyncio.to_thread(self.delete_thread, thread_id)

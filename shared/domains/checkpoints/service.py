@@ -12,14 +12,29 @@ command markers) is described in :mod:`shared.domains.checkpoints._layout`.
 
 Guarantees:
 
-* ``put`` is one atomic batch (values, run row, checkpoint) unless it exceeds
+* ``put`` is one atomic batch (value rows, run row, checkpoint) unless it exceeds
   100 operations or the batch wire size; then values go first and the checkpoint
   last, so a checkpoint is never visible before its values. Repeating a put is
-  harmless: existing values are kept and the checkpoint row is replaced.
+  harmless: existing value rows are kept and the checkpoint row (with its inline
+  values) is replaced.
+* Small values (up to 16 KiB each, 96 KiB and 64 values per row) are stored inline
+  in the checkpoint row, so a typical step is one checkpoint row plus its pending
+  writes. An unchanged value the parent holds inline is carried inline again when
+  it is at most 1 KiB, and otherwise written to its value row (once): every
+  checkpoint row stands on its own, so deleting any checkpoint never takes a value
+  another one needs. To carry values, ``put`` needs its parent's inline values:
+  from a bounded per-process LRU cache (32 MiB, ``cachetools``; filled by this
+  process's puts and gets, keyed by checkpoint row; hit rate in
+  :meth:`CheckpointService.cache_stats`), else one read of the parent row. A cached
+  entry holds ``(channel, version) -> value``, which a version never changes; a
+  thread deleted here empties the cache.
 * Group commit (:mod:`shared.storage.group_commit`): writes to one thread from
   several threads of this process (LangGraph stores a step's pending writes and the
   next checkpoint concurrently) take turns, and the one whose turn it is carries the
-  others waiting along in its batch when they fit. Each caller returns once its own
+  others waiting along in its batch when they fit. The direct saver's pending
+  writes *linger* (up to 10 ms) for the next put to carry them: one batch per step.
+  Two lingers in a row that no put carried stop a thread's writes lingering for the
+  next 50. Each caller returns once its own
   rows are durable, with its own result; if the shared batch fails, each write is
   retried on its own. A write that keeps meeting rows appearing under it is retried
   under :mod:`shared.storage.retry` and ends in :class:`~shared.errors.Busy` (503).
@@ -53,6 +68,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from cachetools import LRUCache
 
 from shared import names
 from shared.backends import Entity, OpKind, Page, TableOp
@@ -105,6 +122,23 @@ _TYPE = re.compile(r"[!-~]{1,64}")
 _ROWS_PER_QUERY = 100
 _VALUE_ROWS_PER_QUERY = 16  # rows that may carry values of up to 256 KiB, or blobs
 _INDEX_CACHE_LIMIT = 100_000
+#: A new value up to this size is kept inline in its checkpoint row (and at most the offload threshold).
+_INLINE_VALUE_BYTES = 16 * 1024
+#: An unchanged value up to this size is carried inline again; a larger one moves to its value row.
+_CARRY_BYTES = 1024
+#: At most this many values and bytes inline in one checkpoint row.
+_INLINE_ROW_VALUES = 64
+_INLINE_ROW_BYTES = 96 * 1024
+#: After this many lingering writes in a row that no put carried, a partition's writes stop
+#: lingering for the next _LINGER_PAUSE writes.
+_LINGER_MISSES = 2
+_LINGER_PAUSE = 50
+#: Bytes of inline values the per-process cache keeps (recent checkpoints, LRU).
+_CACHE_BYTES = 32 * 1024 * 1024
+
+
+def _inline_size(held: dict[str, tuple[str, TypedValue]]) -> int:
+    return 256 + sum(len(value.data) + 128 for _, value in held.values())
 
 
 @dataclass
@@ -126,6 +160,8 @@ class _Batch:
     rows: list[Entity]
     replace: frozenset[str]
     size: int
+    #: Checkpoint rows that, replacing a stored one, keep its inline values (see ``layout.keeping_inline``).
+    keep_inline: frozenset[str] = frozenset()
 
 
 # --------------------------------------------------------------------------- checks
@@ -136,6 +172,8 @@ def _check_text(value: str, what: str, *, empty: bool = False, max_length: int =
         raise InvalidKey(f"{what} must be a non-empty string")
     if len(value) > max_length:
         raise InvalidKey(f"{what} is longer than {max_length} characters")
+    if value.isascii() and value.isprintable():  # the common case: no control character possible
+        return value
     if not value.isascii():
         try:
             value.encode("utf-8")
@@ -199,6 +237,18 @@ class CheckpointService:
         # (tenant, thread_id) -> run ids whose index rows this instance wrote.
         self._indexed: dict[tuple[str, str], set[str]] = {}
         self._lock = threading.Lock()
+        #: Largest new value kept inline in its checkpoint row (one property, never offloaded).
+        self._inline_most = min(_INLINE_VALUE_BYTES, self._threshold)
+        # (partition, checkpoint row key) -> the values that row holds inline, as this process wrote
+        # or read it. A checkpoint's (channel, version) names one value, so an entry never goes
+        # stale while its checkpoint exists; deleting a thread here drops them all (an id reused
+        # after that must not meet the old values).
+        self._recent: LRUCache[tuple[str, str], dict[str, tuple[str, TypedValue]]] = LRUCache(
+            maxsize=_CACHE_BYTES, getsizeof=_inline_size)
+        # partition -> (waits in a row that no put carried, writes left to send without waiting)
+        self._linger: dict[str, tuple[int, int]] = {}
+        self._cache_hits = 0
+        self._cache_misses = 0
         self._group: GroupCommit[_Batch, _Committed] = GroupCommit(
             together=self._commit_together, alone=self._commit_batch,
             max_operations=MAX_BATCH_OPERATIONS, max_bytes=BATCH_WIRE_BUDGET)
@@ -216,21 +266,23 @@ class CheckpointService:
                 inline += size
         return inline * 4 // 3 + 160 * offloaded + 256
 
-    def _batches(self, rows: Sequence[Entity], replace: frozenset[str]) -> Iterator[_Batch]:
+    def _batches(self, rows: Sequence[Entity], replace: frozenset[str],
+                 keep_inline: frozenset[str] = frozenset()) -> Iterator[_Batch]:
         """Rows in order, cut into batches under the operation and wire-size limits."""
         batch: list[Entity] = []
         size = 0
         for row in rows:
             weight = self._weigh(row)
             if batch and (len(batch) == MAX_BATCH_OPERATIONS or size + weight > BATCH_WIRE_BUDGET):
-                yield _Batch(batch, replace, size)
+                yield _Batch(batch, replace, size, keep_inline)
                 batch, size = [], 0
             batch.append(row)
             size += weight
         if batch:
-            yield _Batch(batch, replace, size)
+            yield _Batch(batch, replace, size, keep_inline)
 
-    def _commit(self, rows: Sequence[Entity], replace: frozenset[str] = frozenset()) -> _Committed:
+    def _commit(self, rows: Sequence[Entity], replace: frozenset[str] = frozenset(), linger: float = 0.0,
+                keep_inline: frozenset[str] = frozenset()) -> _Committed:
         """Write rows create-only, in order, in as few atomic batches as the limits allow.
 
         A row already there is kept, unless its row key is in ``replace`` (then it is
@@ -240,15 +292,44 @@ class CheckpointService:
         two, and writers of one partition take turns here rather than contend for the
         store's own write lock.
         """
-        batches = list(self._batches(rows, replace))
+        batches = list(self._batches(rows, replace, keep_inline))
         if len(batches) != 1:
             done = _Committed()
             for batch in batches:  # in order: a checkpoint's values before the checkpoint
                 done.add(self._commit_batch(batch))
             return done
         request = batches[0]
-        return self._group.commit(request.rows[0].partition_key, request,
-                                  row_keys=[row.row_key for row in request.rows], size=request.size)
+        partition = request.rows[0].partition_key
+        if linger and not self._may_linger(partition):
+            linger = 0.0
+        done, carried = self._group.commit_carried(partition, request, row_keys=[row.row_key for row in request.rows],
+                                                   size=request.size, linger=linger)
+        if linger:
+            self._lingered(partition, carried)
+        return done
+
+    def _may_linger(self, partition: str) -> bool:
+        """Whether writes to ``partition`` should wait for a put to carry them: not while recent waits
+        found none (a graph whose puts wait for its writes, e.g. LangGraph's delta channels)."""
+        with self._lock:
+            state = self._linger.get(partition)
+            if state is None or state[0] < _LINGER_MISSES:
+                return True
+            if state[1] > 0:
+                self._linger[partition] = (state[0], state[1] - 1)
+                return False
+            self._linger[partition] = (_LINGER_MISSES - 1, 0)  # try once more
+            return True
+
+    def _lingered(self, partition: str, carried: bool) -> None:
+        with self._lock:
+            if carried:
+                self._linger.pop(partition, None)
+                return
+            if len(self._linger) >= _INDEX_CACHE_LIMIT:
+                self._linger.clear()
+            misses = self._linger.get(partition, (0, 0))[0] + 1
+            self._linger[partition] = (misses, _LINGER_PAUSE if misses >= _LINGER_MISSES else 0)
 
     def _commit_together(self, group: Sequence[_Batch]) -> list[_Committed] | None:
         """Several batches of one partition as one atomic batch of inserts; None when it failed."""
@@ -268,9 +349,13 @@ class CheckpointService:
         partition = batch.rows[0].partition_key
 
         def attempt() -> _Committed:
-            present = {row.row_key for row in batch.rows if self._exists(partition, row.row_key)}
+            stored = {row.row_key: found for row in batch.rows
+                      if (found := self._find_inline(partition, row.row_key)) is not None}
+            present = set(stored)
             operations = [
-                TableOp.upsert(row) if row.row_key in present else TableOp.insert(row)
+                TableOp.upsert(layout.keeping_inline(row, stored[row.row_key], self._threshold)
+                               if row.row_key in batch.keep_inline else row)
+                if row.row_key in present else TableOp.insert(row)
                 for row in batch.rows if row.row_key not in present or row.row_key in batch.replace
             ]
             with conditional():  # a concurrent writer added one of them: look again
@@ -285,9 +370,6 @@ class CheckpointService:
             return self._table.get_inline(partition, row_key)
         except NotFound:
             return None
-
-    def _exists(self, partition: str, row_key: str) -> bool:
-        return self._find_inline(partition, row_key) is not None
 
     def _insert_index(self, row: Entity) -> None:
         try:
@@ -313,6 +395,34 @@ class CheckpointService:
     def _forget(self, tenant: str, thread_id: str) -> None:
         with self._lock:
             self._indexed.pop((tenant, thread_id), None)
+
+    # -- inline values of recent checkpoints (a bounded per-process cache)
+
+    def _inline_of(self, partition: str, checkpoint_rk: str) -> dict[str, tuple[str, TypedValue]]:
+        """The values a checkpoint row holds inline, from the cache or one read (empty when absent)."""
+        key = (partition, checkpoint_rk)
+        with self._lock:
+            found = self._recent.get(key)
+            if found is not None:
+                self._cache_hits += 1
+                return found
+            self._cache_misses += 1
+        entity = self._find_inline(partition, checkpoint_rk)
+        if entity is None:
+            return {}
+        held = layout.checkpoint_of(entity).inline
+        self._remember_inline(partition, checkpoint_rk, held)
+        return held
+
+    def _remember_inline(self, partition: str, checkpoint_rk: str, held: dict[str, tuple[str, TypedValue]]) -> None:
+        with self._lock:
+            self._recent[(partition, checkpoint_rk)] = held
+
+    def cache_stats(self) -> dict[str, int]:
+        """Hits and misses of the inline-values cache (a put finds its parent's values there), and its size."""
+        with self._lock:
+            return {"hits": self._cache_hits, "misses": self._cache_misses, "entries": len(self._recent),
+                    "bytes": int(self._recent.currsize)}
 
     # -- deleting rows
 
@@ -396,17 +506,53 @@ class CheckpointService:
         now = stored_time(time.time())
         partition = layout.thread_pk(tenant, thread_id)
         ns_part = part(checkpoint_ns)
-        rows = [layout.value_row(partition, ns_part, channel, versions[channel], value, now, self._threshold)
-                for channel, value in values.items()]
+        inline: dict[str, tuple[str, TypedValue]] = {}
+        inline_bytes = 0
+        rows: list[Entity] = []
+        carried_rows: set[str] = set()
+
+        def keep_inline(channel: str, value: TypedValue, most: int) -> bool:
+            nonlocal inline_bytes
+            size = len(value.data)
+            if (size > most or len(inline) >= _INLINE_ROW_VALUES
+                    or inline_bytes + size > _INLINE_ROW_BYTES):
+                return False
+            inline[channel] = (versions[channel], value)
+            inline_bytes += size
+            return True
+
+        for channel, value in values.items():
+            if not keep_inline(channel, value, self._inline_most):
+                rows.append(layout.value_row(partition, ns_part, channel, versions[channel], value, now,
+                                             self._threshold))
+        unchanged = [channel for channel in versions if channel not in values]
+        if unchanged and parent_checkpoint_id is not None:
+            # Values the parent holds inline are carried here (small) or written to their value row
+            # (the same bytes, blind): a checkpoint row never depends on another row's inline values.
+            held = self._inline_of(partition, layout.checkpoint_rk(ns_part, parent_checkpoint_id))
+            for channel in unchanged:
+                found = held.get(channel)
+                if found is None or found[0] != versions[channel]:
+                    continue  # in its value row already
+                if not keep_inline(channel, found[1], _CARRY_BYTES):
+                    value_row = layout.value_row(partition, ns_part, channel, versions[channel], found[1], now,
+                                                 self._threshold)
+                    rows.append(value_row)
+                    carried_rows.add(value_row.row_key)
         if run_id is not None:
             rows.append(layout.run_row(partition, run_id, checkpoint_ns, checkpoint_id))
         row = layout.checkpoint_row(partition, checkpoint_ns, checkpoint_id, checkpoint, metadata_text=metadata_text,
                                     versions=versions, parent=parent_checkpoint_id, run=run_id, at=now,
-                                    threshold=self._threshold)
+                                    threshold=self._threshold, inline=inline)
         rows.append(row)  # last: never visible before its values
 
         self._index(tenant, thread_id, run_id, force=parent_checkpoint_id is None)
-        done = self._commit(rows, replace=frozenset({row.row_key}))
+        done = self._commit(rows, replace=frozenset({row.row_key, *carried_rows}), keep_inline=frozenset({row.row_key}))
+        if row.row_key in done.replaced:
+            with self._lock:  # it may have kept values of the row it replaced: read it when needed
+                self._recent.pop((partition, row.row_key), None)
+        else:
+            self._remember_inline(partition, row.row_key, inline)
         return CheckpointRef(thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, iso(now),
                              created=row.row_key not in done.replaced)
 
@@ -428,6 +574,14 @@ class CheckpointService:
         replaced. The checkpoint need not be stored yet (LangGraph writes both
         concurrently).
         """
+        return self._put_writes(tenant, thread_id, checkpoint_ns, checkpoint_id, task_id, writes,
+                                task_path=task_path)
+
+    def _put_writes(self, tenant: str, thread_id: str, checkpoint_ns: str, checkpoint_id: str, task_id: str,
+                    writes: Sequence[tuple[int, str, TypedValue]], *, task_path: str = "",
+                    linger: float = 0.0) -> WritesResult:
+        """:meth:`put_writes`; ``linger``: seconds to wait for the thread's next put to carry these
+        writes in its batch (the direct saver: LangGraph puts the next checkpoint right after)."""
         check_tenant(tenant)
         check_id(thread_id, "thread_id")
         _check_text(checkpoint_ns, "checkpoint_ns", empty=True)
@@ -459,7 +613,7 @@ class CheckpointService:
                                  self._threshold)
                 for idx, channel, value in writes]
         special = frozenset(row.row_key for row, (idx, _, _) in zip(rows, writes) if idx < 0)
-        done = self._commit(rows, replace=special)
+        done = self._commit(rows, replace=special, linger=linger)
         return WritesResult(done.written, done.kept)
 
     # -- reads
@@ -480,6 +634,10 @@ class CheckpointService:
         ns_part = part(row.ns)
         values: dict[str, TypedValue] = {}
         for channel, version in row.versions.items():
+            held = row.inline.get(channel)
+            if held is not None and held[0] == version:
+                values[channel] = held[1]
+                continue
             row_key = layout.value_rk(ns_part, channel, version)
             if row_key not in memo:
                 memo[row_key] = self._value(partition, row_key)
@@ -517,7 +675,9 @@ class CheckpointService:
                 entity = self._table.get(partition, layout.checkpoint_rk(ns_part, checkpoint_id))
             except NotFound:
                 raise CheckpointNotFound(thread_id, checkpoint_ns, checkpoint_id) from None
-        return self._assemble(thread_id, layout.checkpoint_of(entity), {})
+        row = layout.checkpoint_of(entity)
+        self._remember_inline(partition, row.row_key, row.inline)  # its child's put carries them
+        return self._assemble(thread_id, row, {})
 
     def list(
         self,
@@ -669,6 +829,8 @@ class CheckpointService:
         except NotFound:
             pass
         self._forget(tenant, thread_id)
+        with self._lock:
+            self._recent.clear()  # checkpoint ids written again later must not meet these values
         if not found:
             raise CheckpointThreadNotFound(thread_id)
         return deleted

@@ -16,6 +16,7 @@ from shared.domains.checkpoints import _layout
 from shared.domains.checkpoints.service import (
     VALUE_GRACE_SECONDS,
     CheckpointService,
+    PendingWrite,
     PruneStrategy,
     TypedValue,
 )
@@ -44,6 +45,15 @@ def val(text: str | bytes) -> TypedValue:
     return TypedValue("bytes", text if isinstance(text, bytes) else text.encode())
 
 
+#: Above the largest value kept inline in a checkpoint row: such values have value rows.
+LARGE = 20_000
+
+
+def big(text: str) -> TypedValue:
+    """A value too large to be held inline: stored in its own value row (once per version)."""
+    return val(text.encode() + b"." * LARGE)
+
+
 def checkpoint_id(n: int) -> str:
     """Time-ordered ids like LangGraph's UUIDv6 ones: a larger n is newer."""
     return f"1ef{n:05x}-0000-6000-8000-{uuid.uuid4().hex[:12]}"
@@ -59,8 +69,9 @@ def offloaded_blobs(stores) -> set[str]:
     return {b.key for b in stores.blobs().list_all(f"offload/tables/{names.TABLE_CHECKPOINTS}/")}
 
 
-def put_chain(service, tenant, thread_id, count, *, ns="", run_id=None, source=lambda i: "loop"):
+def put_chain(service, tenant, thread_id, count, *, ns="", run_id=None, source=lambda i: "loop", make=None):
     """``count`` checkpoints, each the child of the previous one; channel 'n' changes every step."""
+    val = make or globals()["val"]
     ids, parent = [], None
     for i in range(count):
         cid = checkpoint_id(i + 1)
@@ -128,11 +139,76 @@ def test_a_step_that_changes_one_channel_writes_one_value(service, stores, tenan
                 new_values={name: val(name * 100) for name in versions})
     service.put(tenant, "th", "", "c2", cp("2"), channel_versions={**versions, "messages": "2"},
                 new_values={"messages": val("more")}, parent_checkpoint_id="c1")
-    assert len(rows(stores, tenant, "th", "v|")) == 4  # 3 + the one that changed
-    assert service.get(tenant, "th").values["plan"] == val("plan" * 100)
-    # A version is written once: a later put carrying another value for it does not rewrite it.
-    service.put(tenant, "th", "", "c3", cp("3"), channel_versions=versions, new_values={"plan": val("changed")})
-    assert service.get(tenant, "th", "", "c3").values["plan"] == val("plan" * 100)
+    # Small values live in their checkpoint row: one row per step, no value rows.
+    assert len(rows(stores, tenant, "th", "c|")) == 2
+    assert rows(stores, tenant, "th", "v|") == []
+    assert service.get(tenant, "th").values == {"messages": val("more"), "plan": val("plan" * 100),
+                                                  "notes": val("notes" * 100)}
+    # A large value is a value row, written once per version: a step that keeps it writes nothing for it.
+    big = val(b"x" * 40_000)
+    service.put(tenant, "th", "", "c3", cp("3"), channel_versions={**versions, "messages": "3", "plan": "2"},
+                new_values={"messages": val("again"), "plan": big}, parent_checkpoint_id="c2")
+    service.put(tenant, "th", "", "c4", cp("4"), channel_versions={**versions, "messages": "4", "plan": "2"},
+                new_values={"messages": val("and again")}, parent_checkpoint_id="c3")
+    assert [row.row_key.split("|")[2:] for row in rows(stores, tenant, "th", "v|")] == [["plan", "2"]]
+    assert service.get(tenant, "th").values["plan"] == big
+    assert service.get(tenant, "th", "", "c3").values["plan"] == big
+
+
+def test_a_medium_value_moves_to_its_value_row_once_it_is_unchanged(service, stores, tenant):
+    medium = val(b"m" * 5000)  # inline while new, too large to carry along
+    service.put(tenant, "th", "", "c1", cp("1"), channel_versions={"doc": "1", "n": "1"},
+                new_values={"doc": medium, "n": val("0")})
+    assert rows(stores, tenant, "th", "v|") == []
+    for step in range(2, 5):
+        service.put(tenant, "th", "", f"c{step}", cp(str(step)), channel_versions={"doc": "1", "n": str(step)},
+                    new_values={"n": val(str(step))}, parent_checkpoint_id=f"c{step - 1}")
+    assert [row.row_key.split("|")[2:] for row in rows(stores, tenant, "th", "v|")] == [["doc", "1"]]
+    for step in range(1, 5):
+        assert service.get(tenant, "th", "", f"c{step}").values["doc"] == medium
+    # Every checkpoint stands on its own: deleting the one that introduced the value loses nothing.
+    stores.table(names.TABLE_CHECKPOINTS).table.delete(f"{tenant}|t|th", _layout.checkpoint_rk("", "c1"))
+    assert service.get(tenant, "th").values == {"doc": medium, "n": val("4")}
+
+
+def test_a_put_whose_parent_was_written_by_another_process_reads_the_parent_once(stores, tenant):
+    writer, other = CheckpointService(stores), CheckpointService(stores)  # two processes, two caches
+    writer.put(tenant, "th", "", "c1", cp("1"), channel_versions={"a": "1", "b": "1"},
+               new_values={"a": val("A"), "b": val("B")})
+    other.put(tenant, "th", "", "c2", cp("2"), channel_versions={"a": "2", "b": "1"},
+              new_values={"a": val("A2")}, parent_checkpoint_id="c1")
+    assert other.cache_stats()["misses"] == 1
+    other.put(tenant, "th", "", "c3", cp("3"), channel_versions={"a": "3", "b": "1"},
+              new_values={"a": val("A3")}, parent_checkpoint_id="c2")
+    assert other.cache_stats()["hits"] == 1  # its own last put
+    assert writer.get(tenant, "th").values == {"a": val("A3"), "b": val("B")}
+    stores.table(names.TABLE_CHECKPOINTS).table.delete(f"{tenant}|t|th", _layout.checkpoint_rk("", "c1"))
+    assert writer.get(tenant, "th", "", "c2").values == {"a": val("A2"), "b": val("B")}
+
+
+def test_rows_of_the_first_format_still_load_and_continue(service, stores, tenant):
+    """Format 1: every value in a value row, no inline values (rows written before format 2)."""
+    table = stores.table(names.TABLE_CHECKPOINTS)
+    partition = _layout.thread_pk(tenant, "old")
+    for channel, version, text in (("a", "1", "A1"), ("b", "1", "B1"), ("a", "2", "A2")):
+        table.insert(_layout.value_row(partition, "", channel, version, val(text), time.time(), 32 * 1024))
+    for checkpoint_id, versions, parent in (("c1", {"a": "1", "b": "1"}, None), ("c2", {"a": "2", "b": "1"}, "c1")):
+        entity = _layout.checkpoint_row(partition, "", checkpoint_id, cp(checkpoint_id), metadata_text="{}",
+                                        versions=versions, parent=parent, run=None, at=time.time(),
+                                        threshold=32 * 1024)
+        entity.properties["fmt"] = 1
+        table.insert(entity)
+    table.insert(Entity(partition, _layout.write_rk("", "c2", "task", 0),
+                        {"task": "task", "path": "p", "idx": 0, "ch": "a", "type": "bytes", "at": time.time(),
+                         "data": b"written"}))
+    assert "inl" not in rows(stores, tenant, "old", "c|")[0].properties
+    assert service.get(tenant, "old").pending_writes == [PendingWrite("task", "a", val("written"), 0, "p")]
+    assert service.get(tenant, "old").values == {"a": val("A2"), "b": val("B1")}
+    assert [c.values for c in service.list(tenant, "old").items] == [{"a": val("A2"), "b": val("B1")},
+                                                                     {"a": val("A1"), "b": val("B1")}]
+    service.put(tenant, "old", "", "c3", cp("3"), channel_versions={"a": "3", "b": "1"},
+                new_values={"a": val("A3")}, parent_checkpoint_id="c2")
+    assert service.get(tenant, "old").values == {"a": val("A3"), "b": val("B1")}
 
 
 def test_repeating_a_put_replaces_the_checkpoint_and_keeps_values(service, stores, tenant):
@@ -142,6 +218,18 @@ def test_repeating_a_put_replaces_the_checkpoint_and_keeps_values(service, store
     assert not again.created
     assert len(rows(stores, tenant, "th", "c|")) == 1
     assert service.get(tenant, "th").checkpoint == cp("y")
+    # Repeated without its values (they were new the first time, and are inline in the row it
+    # replaces): the values stay, from this process or from another one (no cache).
+    for writer in (service, CheckpointService(stores)):
+        writer.put(tenant, "th", "", "c1", cp("z"), channel_versions={"a": "1", "b": "1"},
+                   new_values={"b": val("B")}, metadata={"step": 1})
+        assert writer.get(tenant, "th").values == {"a": val("A"), "b": val("B")}
+    service.put(tenant, "th", "", "c2", cp("2"), channel_versions={"a": "1", "b": "2"},
+                new_values={"b": val("B2")}, parent_checkpoint_id="c1")
+    assert service.get(tenant, "th").values == {"a": val("A"), "b": val("B2")}
+    # A value at another version than the row it replaces held is not kept.
+    service.put(tenant, "th", "", "c1", cp("w"), channel_versions={"a": "9"}, metadata={"step": 1})
+    assert service.get(tenant, "th", "", "c1").values == {}
 
 
 def test_more_channels_than_one_batch_holds(service, tenant):
@@ -338,14 +426,14 @@ def test_delete_thread_finishes_what_a_crashed_delete_left(service, stores, tena
 
 def test_delete_for_runs_keeps_values_later_checkpoints_share(service, stores, tenant):
     service.put(tenant, "th", "", "c1", cp("1"), channel_versions={"a": "1", "b": "1"},
-                new_values={"a": val("A1"), "b": val("B1")}, metadata={"run_id": "run-1"})
+                new_values={"a": big("A1"), "b": big("B1")}, metadata={"run_id": "run-1"})
     service.put_writes(tenant, "th", "", "c1", "task", [(0, "a", val("w"))])
     service.put(tenant, "th", "", "c2", cp("2"), channel_versions={"a": "2", "b": "1"},
-                new_values={"a": val("A2")}, metadata={"run_id": "run-2"}, parent_checkpoint_id="c1")
+                new_values={"a": big("A2")}, metadata={"run_id": "run-2"}, parent_checkpoint_id="c1")
     put_chain(service, tenant, "other", 2, run_id="run-1")
     assert service.delete_for_runs(tenant, ["run-1", "run-unknown"], now=time.time() + LATER) == 3
     assert [c.checkpoint_id for c in service.list(tenant, "th").items] == ["c2"]
-    assert service.get(tenant, "th").values == {"a": val("A2"), "b": val("B1")}  # b@1 was c1's, c2 needs it
+    assert service.get(tenant, "th").values == {"a": big("A2"), "b": big("B1")}  # b@1 was c1's, c2 needs it
     assert {r["ch"] + "@" + r["ver"] for r in rows(stores, tenant, "th", "v|")} == {"a@2", "b@1"}
     assert rows(stores, tenant, "th", "w|") == []
     with pytest.raises(NotFound):
@@ -377,8 +465,8 @@ def test_copy_thread_copies_everything_and_stands_alone(service, stores, tenant)
 
 
 def test_prune_keep_latest_per_namespace_keeps_its_values_and_writes(service, stores, tenant):
-    ids = put_chain(service, tenant, "th", 5)
-    child = put_chain(service, tenant, "th", 3, ns="child:1")
+    ids = put_chain(service, tenant, "th", 5, make=big)
+    child = put_chain(service, tenant, "th", 3, ns="child:1", make=big)
     service.put_writes(tenant, "th", "", ids[-1], "task", [(0, "x", val("latest's write"))])
     service.put_writes(tenant, "th", "", ids[1], "task", [(0, "x", val("old write"))])
     assert service.prune(tenant, ["th"], now=time.time()) == 6
@@ -387,7 +475,7 @@ def test_prune_keep_latest_per_namespace_keeps_its_values_and_writes(service, st
     assert service.prune(tenant, ["th"], PruneStrategy.KEEP_LATEST, now=time.time() + LATER) == 0
     assert len(rows(stores, tenant, "th", "v|")) == 4  # n and fixed of each kept checkpoint
     latest = service.get(tenant, "th")
-    assert latest.values == {"n": val("4"), "fixed": val("F")}
+    assert latest.values == {"n": big("4"), "fixed": big("F")}
     assert [w.value.data for w in latest.pending_writes] == [b"latest's write"]
     assert len(rows(stores, tenant, "th", "w|")) == 1
 
@@ -561,13 +649,13 @@ def test_markers_of_the_format_before_are_replayed_and_checked_by_op(service, st
 
 
 def test_every_row_written_carries_fmt_and_rows_without_it_still_read(service, stores, tenant):
-    put_chain(service, tenant, "th", 2, run_id="run-1")
+    put_chain(service, tenant, "th", 2, run_id="run-1", make=big)
     service.put_writes(tenant, "th", "", checkpoint_id(2), "task", [(0, "x", val("w")), (-1, "__error__", val("e"))])
     raw = stores.table(names.TABLE_CHECKPOINTS).table
     written = (rows(stores, tenant, "th", "") + list(raw.query_all(f"{tenant}|threads"))
                + list(raw.query_all(f"{tenant}|r|run-1")))
     assert len(written) == 2 + 3 + 2 + 2 + 1 + 1  # checkpoints, values, writes, run rows, thread, run index
-    assert all(row["fmt"] == 1 for row in written)
+    assert all(row["fmt"] == (2 if row.row_key.startswith(("c|", "w|")) else 1) for row in written)
     assert all(isinstance(row["at"], float) for row in written if "at" in row.properties)
     before = service.get(tenant, "th")
     for row in written:  # as an older release wrote them
