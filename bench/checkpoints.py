@@ -97,7 +97,7 @@ from typing import Annotated, Any, TypedDict, cast
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Run as a script, this directory comes first on sys.path, where a bench named like a
-# standard module (bench/http.py) would shadow it: import the harness as bench.harness instead.
+# standard module (bench/http_path.py) would shadow it: import the harness as bench.harness instead.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
 sys.path.insert(0, str(ROOT))
 

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Run as a script, this directory comes first on sys.path, where bench/http.py would
+# Run as a script, this directory comes first on sys.path, where bench/http_path.py would
 # shadow the standard module: import the harness as bench.harness instead.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))

@@ -3,12 +3,18 @@
 The Functions Core Tools cannot be installed on our machines, so ``stowage serve``
 hosts the same ``function_app.app`` object this way:
 
-* HTTP: the app's ASGI application (what ``AsgiFunctionApp`` wraps) under uvicorn;
+* HTTP: the app's ASGI application (what ``AsgiFunctionApp`` wraps) under uvicorn, in
+  ``--workers`` processes that share one listening socket (uvicorn's supervisor restarts a
+  worker that dies); each worker imports the function app itself (:func:`served_app`);
 * queue triggers: for every function whose binding is a ``queueTrigger``, a poller
   reads that queue from the configured backend with host.json's batch size,
   visibility timeout, polling interval and ``maxDequeueCount``, and after the last
   failed attempt moves the message to ``<queue>-poison``, as the host does;
 * timer triggers: each fires on its 6-field NCRONTAB schedule (croniter, UTC).
+
+Queue pollers and timers run in exactly one process (the only one with one worker, else
+the supervisor, which serves no HTTP), so a timer fires once per schedule however many
+workers serve HTTP, as one instance runs a given timer in Azure.
 
 Every function is invoked through ``get_user_function()``, the callable the
 Functions host itself invokes. Nothing about queues or schedules is repeated here.
@@ -17,9 +23,11 @@ Functions host itself invokes. Nothing about queues or schedules is repeated her
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -230,6 +238,17 @@ class LocalHost:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
+
+
+#: The environment variable naming the ``module:attribute`` of the FunctionApp that :func:`served_app` serves.
+APP_ENVIRONMENT = "STOWAGE_SERVE_APP"
+
+
+def served_app() -> Any:
+    """The ASGI app of the FunctionApp ``$STOWAGE_SERVE_APP`` names: uvicorn's factory in every HTTP worker
+    of `stowage serve` (a spawned worker imports the function app anew and has its own context)."""
+    module_name, _, attribute = os.environ[APP_ENVIRONMENT].partition(":")
+    return asgi_app_of(getattr(importlib.import_module(module_name), attribute or "app"))
 
 
 def asgi_app_of(app: func.FunctionApp) -> Any:

@@ -51,15 +51,27 @@ def ensure_dev_key(stores: Stores) -> tuple[str, bool]:
     return key, True
 
 
+def default_workers() -> int:
+    """HTTP worker processes when ``--workers`` is not given: one per CPU."""
+    return os.cpu_count() or 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve HTTP with ``--workers`` uvicorn processes on one listening socket, and run the queue pollers
+    and timers in exactly one process: the only one with one worker, else this supervising process,
+    which serves no HTTP itself. SIGINT or SIGTERM stops every process."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    from cli.host import LocalHost, asgi_app_of
+    from cli.host import APP_ENVIRONMENT, LocalHost
 
-    sys.path.insert(0, str(Path.cwd()))
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    sys.path.insert(0, str(Path.cwd()))  # also the workers' path: spawned processes inherit sys.path
     module_name, _, attribute = args.app.partition(":")
     function_app = importlib.import_module(module_name)
     app = getattr(function_app, attribute or "app")
+    os.environ[APP_ENVIRONMENT] = f"{module_name}:{attribute or 'app'}"  # what the workers serve
     context = function_app.context
     port = args.port or int(os.environ.get("PORT", "7071"))
     if context.settings.backend == "local":
@@ -70,18 +82,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = LocalHost(app.get_functions(), context.stores.backend, Path(args.host_json))
     if args.no_timers:
         host.timers.clear()
-    if not args.no_workers:
+    if not args.http_only:
         host.start()
         for trigger in host.queues:
             console.print(f"queue trigger [cyan]{trigger.name}[/cyan] polls '{trigger.queue_name}'")
         for timer in host.timers:
             console.print(f"timer trigger [cyan]{timer.name}[/cyan] on '{timer.schedule}'")
-    console.print(f"Stowage on http://{args.host}:{port} (backend: {context.settings.backend}); docs at /docs")
+    console.print(f"Stowage on http://{args.host}:{port} (backend: {context.settings.backend}, "
+                  f"{args.workers} HTTP worker process{'es' if args.workers > 1 else ''}); docs at /docs")
     sys.stdout.flush()
-    server = uvicorn.Server(uvicorn.Config(asgi_app_of(app), host=args.host, port=port,
-                                           log_level=args.log_level, lifespan="on"))
+    config = uvicorn.Config("cli.host:served_app", factory=True, host=args.host, port=port, workers=args.workers,
+                            http=args.http, loop=args.loop, access_log=args.access_log,
+                            log_level=args.log_level, lifespan="on")
     try:
-        server.run()
+        if args.workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            uvicorn.Server(config).run()
     finally:
         host.stop()
         context.close()
@@ -180,8 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host-json", default="host.json")
     serve.add_argument("--app", default="function_app:app",
                        help="module:attribute of the FunctionApp (the module must also define `context`)")
-    serve.add_argument("--no-workers", action="store_true", help="HTTP only: no queue pollers or timers")
+    serve.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                       help="HTTP worker processes on one socket (default: the CPU count, here %(default)s); "
+                            "queue pollers and timers run once, in the supervising process")
+    serve.add_argument("--http-only", "--no-workers", dest="http_only", action="store_true",
+                       help="no queue pollers or timers (--no-workers is the old name)")
     serve.add_argument("--no-timers", action="store_true", help="no timer triggers (queue pollers still run)")
+    serve.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
+                       help="uvicorn's HTTP parser (auto: httptools when installed)")
+    serve.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                       help="the event loop (auto: uvloop when installed)")
+    serve.add_argument("--access-log", action="store_true", help="log every request (off: it costs CPU per request)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(run=cmd_serve)
 

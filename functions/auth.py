@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from functions import edge
@@ -32,7 +31,8 @@ async def principal_of(
         return authenticated
     if credentials is None:
         raise Unauthorized(edge.MISSING_KEY)
-    principal = await run_in_threadpool(context_of(request).api_keys.authenticate, credentials.credentials)
+    context = context_of(request)
+    principal = await context.run_storage(lambda: context.api_keys.authenticate(credentials.credentials), read=True)
     access = edge.access_for(request.method, edge.protected_rest(request.url.path) or "")
     principal.require(access.scope, access.domain)
     return principal

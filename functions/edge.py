@@ -5,8 +5,9 @@ the routers, so it guards `stowage serve` (uvicorn) and the Functions host's
 ``AsgiFunctionApp`` alike. For a request under ``/api/v1`` (or ``/v1``), before the
 app reads any byte of its body:
 
-1. the ``Authorization: Bearer`` key is authenticated (a table read, in a worker
-   thread); no key or a bad one is 401 with ``WWW-Authenticate``, one message for every
+1. the ``Authorization: Bearer`` key is authenticated (a table read: on the event loop
+   on the local backend, in a worker thread otherwise, see
+   :meth:`functions.context.AppContext.run_storage`); no key or a bad one is 401 with ``WWW-Authenticate``, one message for every
    bad key;
 2. the key's scopes and domains are checked (:func:`access_for`): GET and HEAD need
    ``read``, other methods ``write``, in the domain named by the path's first segment
@@ -27,7 +28,11 @@ stalled client does not hold the connection. A refusal while the app reads the b
 (413 streamed, 408) is raised from ``receive``; whatever the app then does with the
 failed read (FastAPI answers 400 "error parsing the body"), the edge drops the app's
 answer and sends its own. Every route reads its whole body before it answers, so the
-refusal always comes before a response has started.
+refusal always comes before a response has started. A GET or HEAD that declares no
+body (no Content-Length or 0, no Transfer-Encoding) reaches the app with the server's
+own ``receive`` and ``send``: no such route reads a body, so there is nothing to count
+or wait for. (Other methods are always guarded: the Functions host hands over a body
+without declaring its length.)
 
 ``/api/health``, ``/docs`` and ``/openapi.json`` stay anonymous and unguarded.
 """
@@ -42,7 +47,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 import anyio
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,6 +75,8 @@ MISSING_KEY = "send 'Authorization: Bearer <api key>'; create a key with `stowag
 
 _MIB = 1024 * 1024
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Methods whose routes never read a body: without a declared one there is nothing to guard.
+_BODILESS = frozenset({"GET", "HEAD"})
 #: First path segment -> the domain a key can be limited to.
 _DOMAINS = {path: domain.name for domain in DOMAINS for path in domain.paths}
 #: First path segments any valid key may call, whatever its scopes and domains.
@@ -272,6 +278,9 @@ class Edge:
             return
 
         scope = {**scope, "state": {**(scope.get("state") or {}), STATE_PRINCIPAL: principal}}
+        if method in _BODILESS and not _has_body(headers):
+            await self.app(scope, receive, send)
+            return
         guard = _BodyGuard(receive, ceiling, declared, settings.body_timeout_seconds)
         started = False
 
@@ -297,4 +306,4 @@ class Edge:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized(MISSING_KEY)
-        return await run_in_threadpool(self.context.api_keys.authenticate, token)
+        return await self.context.run_storage(lambda: self.context.api_keys.authenticate(token), read=True)

@@ -6,7 +6,6 @@ import importlib
 import logging
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -58,7 +57,7 @@ def create_api(context: AppContext) -> FastAPI:
     async def check_backend() -> HealthDetail:
         kind = context.settings.backend
         try:
-            await run_in_threadpool(lambda: context.stores.backend.ping())
+            await context.run_storage(lambda: context.stores.backend.ping(), read=True)
         except StowageError as exc:
             log.warning("health: the %s backend is unavailable: %s", kind, exc)
             return HealthDetail(status="unavailable", backend=kind, detail=str(exc))

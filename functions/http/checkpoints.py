@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from functions.auth import tenant_of
 from functions.context import context_of
-from functions.http_common import ClientJsonRoute, json_object_param, read_body
+from functions.http import ClientJsonStorageRoute
+from functions.http_common import json_object_param, read_body
 from functions.problems import responses
 from shared.domains.checkpoints.models import (
     ID,
@@ -36,7 +37,7 @@ from shared.domains.checkpoints.models import (
     WritesPut,
 )
 
-router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"], route_class=ClientJsonRoute)
+router = APIRouter(prefix="/api/v1/checkpoints", tags=["checkpoints"], route_class=ClientJsonStorageRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
 ThreadId = Annotated[str, Path(**ID, description=f"The thread's id: {ID_RULE}.")]
 CheckpointId = Annotated[str, Path(**ID, description=f"The checkpoint's id: {ID_RULE}.")]

@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 
 from functions.auth import tenant_of
 from functions.context import context_of
-from functions.http_common import ClientJsonRoute, json_object_param, quoted, unquote
+from functions.http import ClientJsonStorageRoute
+from functions.http_common import json_object_param, quoted, unquote
 from functions.problems import responses
 from shared.domains.memory.models import (
     ID,
@@ -31,7 +32,7 @@ from shared.domains.memory.models import (
     given,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["memory"], route_class=ClientJsonRoute)
+router = APIRouter(prefix="/api/v1", tags=["memory"], route_class=ClientJsonStorageRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="Apply only if the ETag is still this one.")]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,

@@ -17,10 +17,11 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from functions.auth import tenant_of
 from functions.context import context_of
+from functions.http import StorageRoute
 from functions.http_common import quoted, read_body, unquote
 from functions.problems import responses
-from shared.errors import InvalidInput
 from shared.domains.objects.models import CONTENT_TYPE, KEY, KEY_RULE, MAX_KEY_LENGTH, TTL, ObjectInfo
+from shared.errors import InvalidInput
 
 
 class _KeyConvertor(Convertor[str]):
@@ -38,7 +39,7 @@ class _KeyConvertor(Convertor[str]):
 
 
 register_url_convertor("objectkey", _KeyConvertor())
-router = APIRouter(prefix="/api/v1/objects", tags=["objects"])
+router = APIRouter(prefix="/api/v1/objects", tags=["objects"], route_class=StorageRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
 
 # The rules of the queue payloads' fields (shared.domains.objects.models), so both transports agree.

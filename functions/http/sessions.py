@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 
 from functions.auth import tenant_of
 from functions.context import context_of
-from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
+from functions.http import ClientJsonStorageRoute
+from functions.http_common import quoted, read_json, unquote
 from functions.problems import responses
 from shared.domains.sessions.models import (
     ID,
@@ -31,7 +32,7 @@ from shared.domains.sessions.models import (
 )
 from shared.errors import InvalidInput
 
-router = APIRouter(prefix="/api/v1", tags=["sessions"], route_class=ClientJsonRoute)
+router = APIRouter(prefix="/api/v1", tags=["sessions"], route_class=ClientJsonStorageRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
 SessionId = Annotated[str, Path(**ID, description=f"The session's id: {ID_RULE}.")]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description="Apply only if the ETag is this one ('*': any).")]

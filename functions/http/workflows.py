@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.auth import tenant_of
 from functions.context import context_of
-from functions.http_common import ClientJsonRoute, quoted, read_json, unquote
+from functions.http import ClientJsonStorageRoute
+from functions.http_common import quoted, read_json, unquote
 from functions.problems import responses
 from shared.domains.workflows.models import (
     ID_RULE,
@@ -26,7 +27,7 @@ from shared.domains.workflows.models import (
 from shared.errors import TooLarge
 from shared.keys import ID_PATTERN
 
-router = APIRouter(prefix="/api/v1", tags=["workflows"], route_class=ClientJsonRoute)
+router = APIRouter(prefix="/api/v1", tags=["workflows"], route_class=ClientJsonStorageRoute)
 Tenant = Annotated[str, Depends(tenant_of)]
 #: shared.keys.check_id's rule, declared so that the document says it and the server refuses the same ids.
 ID = {"pattern": ID_PATTERN, "min_length": 1, "max_length": 128}
@@ -92,7 +93,7 @@ def _out(workflow: Workflow) -> WorkflowOut:
     return WorkflowOut.model_validate(workflow, from_attributes=True)
 
 
-def _limit_body(request: Request) -> None:
+async def _limit_body(request: Request) -> None:
     """413 before the body is parsed when its declared size is over what can be stored."""
     declared = request.headers.get("content-length")
     limit = context_of(request).workflows.max_context_bytes + 64 * 1024
