@@ -185,7 +185,7 @@ class DueIndex:
             page = self._table.query(self.partition(tenant), start=start, end=end, limit=self.quantum)
             if not page.items:
                 if after is None:
-                    self._forget_if_empty(row, now)
+                    self.forget_if_empty(row, now)
                 continue
             last = None
             for entity in page.items:
@@ -198,7 +198,7 @@ class DueIndex:
             if page.continuation is not None or len(page.items) == self.quantum:
                 queue.append((row, last))
 
-    def _forget_if_empty(self, row: Entity, now: float) -> None:
+    def forget_if_empty(self, row: Entity, now: float) -> None:
         """Drop a tenant's directory row once it has no entries and nothing was filed for ``grace`` seconds."""
         if now - float(row.get("at", now)) < self.grace:
             return
