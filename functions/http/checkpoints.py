@@ -33,6 +33,7 @@ from shared.domains.checkpoints.models import (
     PruneRequest,
     RunsDelete,
     StoredCheckpoint,
+    TaskWrites,
     Value,
     WritesPut,
 )
@@ -201,7 +202,7 @@ def list_threads(
     "/threads/{thread_id}/checkpoints/{checkpoint_id}", response_model=CheckpointStored, status_code=201,
     responses={200: {"model": CheckpointStored, "description": "Replaced a checkpoint with this id"},
                **responses(400, 401, 413, 422)},
-    summary="Store a checkpoint and the channel values it introduces",
+    summary="Store a checkpoint and the channel values it introduces (and its parent's pending writes)",
     openapi_extra=_body_schema(CheckpointPut),
 )
 async def put_checkpoint(
@@ -215,10 +216,12 @@ async def put_checkpoint(
     body: CheckpointPut = await _read_model(request, CheckpointPut, _body_limit(request))
     checkpoint = body.checkpoint.typed("checkpoint")
     values = {channel: value.typed(f"value of {channel!r}") for channel, value in body.new_values.items()}
+    writes = [TaskWrites(task.task_id, [(w.idx, w.channel, w.value.typed(f"write to {w.channel!r}"))
+                                        for w in task.writes], task.task_path) for task in body.writes]
     ref = await run_in_threadpool(
         context_of(request).checkpoints.put, tenant, thread_id, checkpoint_ns, checkpoint_id, checkpoint,
         channel_versions=body.channel_versions, new_values=values, metadata=body.metadata,
-        parent_checkpoint_id=body.parent_checkpoint_id,
+        parent_checkpoint_id=body.parent_checkpoint_id, writes=writes,
     )
     if not ref.created:
         response.status_code = 200

@@ -14,6 +14,8 @@
 * :mod:`shared.storage.mutate`: read, decide (pure), write under the ETag read,
   with the optional idempotency marker in the same atomic batch.
 * :mod:`shared.storage.due`: due indexes (timeouts, expiry, idle), fair across tenants.
+* :mod:`shared.storage.changefeed`: the change feed: an outbox row in each change's own batch,
+  a per-tenant sequencer (gapless, exactly once), paged readers and lag.
 * :mod:`shared.storage.tlog`: a tamper-evident append-only log (RFC 6962 Merkle tree,
   C2SP tlog-tiles in a BlobStore, Ed25519 signed-note checkpoints), proofs and a full verifier.
 

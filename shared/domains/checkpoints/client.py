@@ -16,6 +16,7 @@ from shared.domains.checkpoints.models import (
     CheckpointRef,
     PruneStrategy,
     StoredCheckpoint,
+    TaskWrites,
     ThreadInfo,
     TypedValue,
     WritesResult,
@@ -33,11 +34,12 @@ class CheckpointsClient:
 
     def put(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, checkpoint: TypedValue, *,
             channel_versions: Mapping[str, str] | None = None, new_values: Mapping[str, TypedValue] | None = None,
-            metadata: Mapping[str, Any] | None = None, parent_checkpoint_id: str | None = None) -> CheckpointRef:
+            metadata: Mapping[str, Any] | None = None, parent_checkpoint_id: str | None = None,
+            writes: Sequence[TaskWrites] = ()) -> CheckpointRef:
         """Store a checkpoint and the values it introduces."""
         return self._service.put(self._tenant, thread_id, checkpoint_ns, checkpoint_id, checkpoint,
                                  channel_versions=channel_versions, new_values=new_values, metadata=metadata,
-                                 parent_checkpoint_id=parent_checkpoint_id)
+                                 parent_checkpoint_id=parent_checkpoint_id, writes=writes)
 
     def put_writes(self, thread_id: str, checkpoint_ns: str, checkpoint_id: str, task_id: str,
                    writes: Sequence[tuple[int, str, TypedValue]], *, task_path: str = "") -> WritesResult:

@@ -65,6 +65,15 @@ class PendingWrite:
 
 
 @dataclass(frozen=True)
+class TaskWrites:
+    """A task's pending writes, each ``(idx, channel, value)``, carried by a put for its parent checkpoint."""
+
+    task_id: str
+    writes: Sequence[tuple[int, str, TypedValue]]
+    task_path: str = ""
+
+
+@dataclass(frozen=True)
 class CheckpointRef:
     """Where a checkpoint was stored."""
 
@@ -229,22 +238,6 @@ class Value(StowageModel):
             raise InvalidInput(f"{what}: data is not valid base64 (standard alphabet, with padding)") from None
 
 
-class CheckpointPut(StowageModel):
-    """A checkpoint to store, with the channel values it introduces."""
-
-    parent_checkpoint_id: Id | None = Field(default=None, description="The checkpoint this one follows.")
-    checkpoint: Value = Field(description="The checkpoint as serialised by the client, without channel values.")
-    metadata: dict[str, Any] = Field(default_factory=dict,
-                                     description="JSON metadata: source, step, run_id, parents and user keys.")
-    channel_versions: dict[Text, Text] = Field(
-        default_factory=dict, json_schema_extra=_text_keys,
-        description="Version of every channel that holds a value at this checkpoint.")
-    new_values: dict[Text, Value] = Field(
-        default_factory=dict, json_schema_extra=_text_keys,
-        description="Values this checkpoint writes, by channel (stored once per channel version; the others "
-                    "come from earlier checkpoints).")
-
-
 class WriteIn(StowageModel):
     """One pending write."""
 
@@ -261,6 +254,35 @@ class WritesPut(StowageModel):
     task_path: str = Field(default="", max_length=MAX_TASK_PATH_LENGTH, pattern=TEXT_PATTERN,
                            description="Path of the task in the graph.")
     writes: list[WriteIn] = Field(max_length=MAX_WRITES)
+
+
+class CarriedWrites(WritesPut):
+    """One task's pending writes for the parent checkpoint, carried by the put of the next checkpoint."""
+
+    task_id: Text = Field(description="The task's id: 1-256 characters, no control characters.")
+
+
+class CheckpointPut(StowageModel):
+    """A checkpoint to store, with the channel values it introduces."""
+
+    parent_checkpoint_id: Id | None = Field(default=None, description="The checkpoint this one follows.")
+    checkpoint: Value = Field(description="The checkpoint as serialised by the client, without channel values.")
+    metadata: dict[str, Any] = Field(default_factory=dict,
+                                     description="JSON metadata: source, step, run_id, parents and user keys.")
+    channel_versions: dict[Text, Text] = Field(
+        default_factory=dict, json_schema_extra=_text_keys,
+        description="Version of every channel that holds a value at this checkpoint.")
+    new_values: dict[Text, Value] = Field(
+        default_factory=dict, json_schema_extra=_text_keys,
+        description="Values this checkpoint writes, by channel (stored once per channel version; the others "
+                    "come from earlier checkpoints).")
+    writes: list[CarriedWrites] = Field(
+        default_factory=list, max_length=MAX_WRITES,
+        description="Pending writes of tasks of the parent checkpoint (needs parent_checkpoint_id; at most "
+                    f"{MAX_WRITES} writes in all), stored with this checkpoint: everything is validated before "
+                    "anything is written, and the rows share the checkpoint's atomic batch (so both are stored, "
+                    "or neither) whenever they fit one, as its values do. The rules of PUT .../writes/{task_id} "
+                    "apply: a regular write already stored is kept, a special one (idx < 0) replaced.")
 
 
 class CopyRequest(RequestBodyModel):

@@ -37,8 +37,8 @@ import json
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Self
 from urllib.parse import quote
@@ -387,13 +387,55 @@ def _segment(text: str) -> str:
 
 @dataclass(frozen=True)
 class _Call:
-    """One HTTP request; ``missing_ok``: a 404 answer means "nothing there", not an error."""
+    """One HTTP request; ``missing_ok``: a 404 answer means "nothing there", not an error;
+    ``answer``: whether the caller reads the answer's body (else it is not parsed)."""
 
     method: str
     path: str
     params: dict[str, Any] | None = None
     body: dict[str, Any] | None = None
     missing_ok: bool = False
+    answer: bool = True
+
+    def content(self) -> bytes | None:
+        """The body as JSON bytes, made once per call (retries send the same bytes)."""
+        if self.body is None:
+            return None
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+#: Pending writes a put carries along at most (bytes of serialised values); larger ones go alone.
+_CARRY_BYTES = 1024 * 1024
+#: A held put_writes waits at most this many lingers, and past the first only while a put of its thread is in flight.
+_MAX_LINGER_ROUNDS = 20
+#: After this many held writes in a row that no put carried, a thread's writes go at once for the next _LINGER_PAUSE.
+_LINGER_MISSES = 2
+_LINGER_PAUSE = 50
+
+
+@dataclass(eq=False)
+class _HeldWrites:
+    """A sync put_writes waiting for the next put of its thread to carry it (see RemoteCheckpointSaver)."""
+
+    key: tuple[str, str]
+    checkpoint_id: str
+    task_id: str
+    task_path: str
+    writes: list[dict[str, Any]]
+    size: int
+    event: threading.Event
+    taken: bool = False
+    carried: bool = False
+    error: BaseException | None = None
+    settled: bool = field(default=False)
+
+    def body(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "task_path": self.task_path, "writes": self.writes}
+
+    def settle(self, error: BaseException | None = None, *, carried: bool = False) -> None:
+        self.error, self.carried, self.settled = error, carried, True
+        self.event.set()
 
 
 class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
@@ -406,16 +448,46 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
     last retry: :class:`~shared.errors.Busy`); every other error raises
     the matching :mod:`shared.errors` exception. Close it (or use it as a context
     manager) when done.
+
+    One request per step: LangGraph's sync loop stores a task's pending writes and,
+    right after, the next checkpoint, from two background threads. A sync
+    ``put_writes`` is *held* up to ``writes_linger`` (10 ms; longer only while a put
+    of its thread is in flight, up to 20 lingers) for the next ``put`` of the same
+    thread and namespace to carry it: that put sends the writes of its parent
+    checkpoint in its own request, and the server stores both in one atomic batch.
+    ``put_writes`` still returns only once its writes are stored (carried, or sent
+    alone when no put came), and raises their own error; a carried request the
+    server refuses as invalid is sent again as separate requests, so each call gets
+    its own answer. Held writes are sent alone, in the order they came, before
+    anything that must see them or could overtake them: a read, list, delete, copy
+    or prune of the thread, an async call, ``close``. Writes over 1 MiB, the async
+    methods and ``writes_linger=0`` never wait. Two held writes in a row that no put
+    carried (a graph whose puts wait for their writes, e.g. delta channels) stop the
+    thread's writes waiting for the next 50.
     """
+
+    #: Seconds a sync put_writes waits for the next put of its thread to carry it in one request.
+    WRITES_LINGER = 0.01
 
     def __init__(self, base_url: str, api_key: str, *, serde: SerializerProtocol | None = None,
                  timeout: float = 60.0, max_retries: int = 5, backoff_seconds: float = 0.25,
-                 max_backoff_seconds: float = 30.0) -> None:
+                 max_backoff_seconds: float = 30.0, writes_linger: float = WRITES_LINGER) -> None:
         super().__init__(serde=serde)
         if not api_key:
             raise InvalidInput("an API key is needed; create one with `stowage keys create`")
         if max_retries < 0 or backoff_seconds < 0:
             raise InvalidInput("max_retries and backoff_seconds must not be negative")
+        if not isinstance(writes_linger, (int, float)) or not 0 <= writes_linger <= 1:
+            raise InvalidInput("writes_linger must be from 0 to 1 second")
+        self.writes_linger = float(writes_linger)
+        # (thread_id, checkpoint_ns) -> held put_writes, in the order they came
+        self._held: dict[tuple[str, str], list[_HeldWrites]] = {}
+        self._puts_in_flight: dict[tuple[str, str], int] = {}
+        # (thread_id, checkpoint_ns) -> (held writes in a row no put carried, writes left to send at once)
+        self._linger_state: dict[tuple[str, str], tuple[int, int]] = {}
+        self._held_lock = threading.Lock()
+        #: Makes the event a held put_writes waits on (tests hook it to know a write is held).
+        self.make_event: Callable[[], threading.Event] = threading.Event
         self.base_url = base_url.rstrip("/") + "/api/v1/checkpoints"
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._timeout = timeout
@@ -432,12 +504,18 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
     # -- lifecycle
 
     def close(self) -> None:
-        """Close the sync client (async code: use ``aclose``, which closes both)."""
-        self._client.close()
+        """Send held writes, then close the sync client (async code: use ``aclose``, which closes both)."""
+        try:
+            self._flush()
+        finally:
+            self._client.close()
 
     async def aclose(self) -> None:
-        """Close both clients."""
-        self._client.close()
+        """Send held writes, then close both clients."""
+        try:
+            await asyncio.to_thread(self._flush)
+        finally:
+            self._client.close()
         if self._async_client is not None:
             await self._async_client.aclose()
 
@@ -480,7 +558,7 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
         if response.status_code == 404 and call.missing_ok:
             return None
         if response.is_success:
-            return response.json() if response.content else {}
+            return response.json() if call.answer and response.content else {}
         try:
             detail = response.json().get("detail") or response.text
         except ValueError:
@@ -489,9 +567,12 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
         raise error(f"{call.method} {call.path}: {response.status_code} {detail}")
 
     def _send(self, call: _Call) -> Any:
+        content = call.content()
+        headers = _JSON_HEADERS if content is not None else None
         for attempt in range(self.max_retries + 1):
             try:
-                response = self._client.request(call.method, call.path, params=call.params, json=call.body)
+                response = self._client.request(call.method, call.path, params=call.params, content=content,
+                                                headers=headers)
             except httpx.TransportError as exc:
                 raise BackendUnavailable(f"{call.method} {call.path}: {self.base_url} did not answer: {exc}") from exc
             if response.status_code not in _RETRY_STATUSES or attempt == self.max_retries:
@@ -500,10 +581,15 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
         return self._result(call, response)
 
     async def _asend(self, call: _Call) -> Any:
+        if self._held:  # sync writes held for a put: send them first, never overtaken (rare: mixed use)
+            await asyncio.to_thread(self._flush)
         client = self._async()
+        content = call.content()
+        headers = _JSON_HEADERS if content is not None else None
         for attempt in range(self.max_retries + 1):
             try:
-                response = await client.request(call.method, call.path, params=call.params, json=call.body)
+                response = await client.request(call.method, call.path, params=call.params, content=content,
+                                                headers=headers)
             except httpx.TransportError as exc:
                 raise BackendUnavailable(f"{call.method} {call.path}: {self.base_url} did not answer: {exc}") from exc
             if response.status_code not in _RETRY_STATUSES or attempt == self.max_retries:
@@ -534,17 +620,139 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
             "new_values": {channel: _value_json(value) for channel, value in put.new_values.items()},
         }
         path = f"/threads/{_segment(put.thread_id)}/checkpoints/{_segment(put.checkpoint_id)}"
-        return _Call("PUT", path, {"checkpoint_ns": put.checkpoint_ns}, body), put
+        return _Call("PUT", path, {"checkpoint_ns": put.checkpoint_ns}, body, answer=False), put
 
-    def _writes_call(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
-                     task_path: str) -> _Call:
+    def _held_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                     task_path: str) -> _HeldWrites:
         configurable = config["configurable"]
-        path = (f"/threads/{_segment(configurable['thread_id'])}/checkpoints/"
-                f"{_segment(configurable['checkpoint_id'])}/writes/{_segment(task_id)}")
-        body = {"task_path": task_path,
-                "writes": [{"idx": idx, "channel": channel, "value": _value_json(value)}
-                           for idx, channel, value in _split_writes(self.serde, writes)]}
-        return _Call("PUT", path, {"checkpoint_ns": configurable.get("checkpoint_ns", "")}, body)
+        split = _split_writes(self.serde, writes)
+        return _HeldWrites(
+            key=(str(configurable["thread_id"]), str(configurable.get("checkpoint_ns", ""))),
+            checkpoint_id=str(configurable["checkpoint_id"]), task_id=str(task_id), task_path=task_path,
+            writes=[{"idx": idx, "channel": channel, "value": _value_json(value)} for idx, channel, value in split],
+            size=sum(len(value.data) for _, _, value in split), event=self.make_event())
+
+    @staticmethod
+    def _writes_call(held: _HeldWrites) -> _Call:
+        thread_id, checkpoint_ns = held.key
+        path = (f"/threads/{_segment(thread_id)}/checkpoints/{_segment(held.checkpoint_id)}"
+                f"/writes/{_segment(held.task_id)}")
+        return _Call("PUT", path, {"checkpoint_ns": checkpoint_ns},
+                     {"task_path": held.task_path, "writes": held.writes}, answer=False)
+
+    # -- held writes (one request per step; see the class docstring)
+
+    def _may_linger(self, key: tuple[str, str]) -> bool:
+        with self._held_lock:
+            misses, left = self._linger_state.get(key, (0, 0))
+            if misses < _LINGER_MISSES:
+                return True
+            if left > 0:
+                self._linger_state[key] = (misses, left - 1)
+                return False
+            self._linger_state[key] = (_LINGER_MISSES - 1, 0)  # try once more
+            return True
+
+    def _lingered(self, key: tuple[str, str], carried: bool) -> None:
+        with self._held_lock:
+            if carried:
+                self._linger_state.pop(key, None)
+                return
+            if len(self._linger_state) >= 10_000:
+                self._linger_state.clear()
+            misses = self._linger_state.get(key, (0, 0))[0] + 1
+            self._linger_state[key] = (misses, _LINGER_PAUSE if misses >= _LINGER_MISSES else 0)
+
+    def _take(self, wanted: Callable[[tuple[str, str]], bool]) -> list[_HeldWrites]:
+        """The held writes of the keys ``wanted`` accepts, in the order they came, off the queue."""
+        taken: list[_HeldWrites] = []
+        with self._held_lock:
+            for key in [key for key in self._held if wanted(key)]:
+                taken.extend(self._held.pop(key))
+        for held in taken:
+            held.taken = True
+        return taken
+
+    def _send_alone(self, taken: Sequence[_HeldWrites]) -> None:
+        """Send taken writes one request each, in order; each writer gets its own answer."""
+        for index, held in enumerate(taken):
+            try:
+                self._send(self._writes_call(held))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the writer's own thread
+                held.settle(exc)
+                if not isinstance(exc, Exception):  # interrupted: the rest must not wait forever
+                    for rest in taken[index + 1:]:
+                        rest.settle(Busy("sending these writes was interrupted; send them again"))
+                    raise
+            else:
+                held.settle()
+
+    def _flush(self, thread_id: str | None = None) -> None:
+        """Send the held writes (of one thread, or all) alone, before a call that must see them."""
+        if self._held:
+            self._send_alone(self._take(lambda key: thread_id is None or key[0] == thread_id))
+
+    def _put_carrying(self, call: _Call, put: _Put) -> None:
+        """Send a put, carrying its thread's held writes for its parent checkpoint in the same request."""
+        key = (put.thread_id, put.checkpoint_ns)
+        with self._held_lock:
+            self._puts_in_flight[key] = self._puts_in_flight.get(key, 0) + 1
+        taken: list[_HeldWrites] = []
+        try:
+            taken = self._take(lambda other: other == key) if self._held else []
+            carry: list[_HeldWrites] = []
+            size = 0
+            for held in taken:
+                if held.checkpoint_id == put.parent_checkpoint_id and size + held.size <= _CARRY_BYTES:
+                    carry.append(held)
+                    size += held.size
+            self._send_alone([held for held in taken if held not in carry])  # other checkpoints' writes first
+            if not carry:
+                self._send(call)
+                return
+            assert call.body is not None
+            combined = _Call(call.method, call.path, call.params,
+                             {**call.body, "writes": [held.body() for held in carry]}, answer=False)
+            try:
+                self._send(combined)
+            except (InvalidInput, TooLarge):
+                # Refused as a whole (nothing stored): each on its own, so each call gets its own answer.
+                self._send_alone(carry)
+                self._send(call)
+            except BaseException as exc:
+                for held in carry:
+                    held.settle(exc)
+                raise
+            else:
+                for held in carry:
+                    held.settle(carried=True)
+        finally:
+            for held in taken:  # interrupted halfway: no writer waits forever
+                if not held.settled:
+                    held.settle(Busy("the put carrying these writes was interrupted; send them again"))
+            with self._held_lock:
+                left = self._puts_in_flight.pop(key) - 1
+                if left:
+                    self._puts_in_flight[key] = left
+
+    def _hold(self, held: _HeldWrites) -> None:
+        """Wait for a put to carry ``held``; send it alone when none came. Returns once it is stored."""
+        key = held.key
+        with self._held_lock:
+            self._held.setdefault(key, []).append(held)
+        for _ in range(_MAX_LINGER_ROUNDS):
+            if held.event.wait(self.writes_linger):
+                break
+            with self._held_lock:
+                if not self._puts_in_flight.get(key):
+                    break
+        if not held.taken:
+            # No put came: send what the thread holds, in order (this one included).
+            self._send_alone(self._take(lambda other: other == key))
+        held.event.wait()  # taken by a put or a flush, which settles it whatever happens
+        self._lingered(key, held.carried)
+        if held.error is not None:
+            raise held.error
 
     @staticmethod
     def _list_call(thread_id: str, config: RunnableConfig | None, filter: dict[str, Any] | None,
@@ -588,6 +796,7 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
     # -- sync
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        self._flush(str(config["configurable"]["thread_id"]))
         document = self._send(self._get_call(config))
         return None if document is None else _tuple(self.serde, _stored_from(document))
 
@@ -595,6 +804,7 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
              before: RunnableConfig | None = None, limit: int | None = None) -> Iterator[CheckpointTuple]:
         if limit is not None and limit <= 0:
             return
+        self._flush(None if config is None else str(config["configurable"]["thread_id"]))
         before_id = get_checkpoint_id(before) if before else None
         if config is not None and get_checkpoint_id(config):
             found = self.get_tuple(config)
@@ -635,26 +845,37 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
         call, put = self._put_call(config, checkpoint, metadata, new_versions)
-        self._send(call)
+        self._put_carrying(call, put)
         return put.config()
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
-        self._send(self._writes_call(config, writes, task_id, task_path))
+        held = self._held_writes(config, writes, task_id, task_path)
+        if self.writes_linger > 0 and held.size <= _CARRY_BYTES and self._may_linger(held.key):
+            self._hold(held)
+            return
+        held.taken = True
+        self._send_alone([*self._take(lambda key: key == held.key), held])  # after the thread's held ones
+        if held.error is not None:
+            raise held.error
 
     def delete_thread(self, thread_id: str) -> None:
+        self._flush(str(thread_id))
         for call in self._delete_thread_calls(thread_id):
             self._send(call)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self._flush()
         for call in self._delete_runs_calls(run_ids):
             self._send(call)
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self._flush(str(source_thread_id))
         for call in self._copy_calls(source_thread_id, target_thread_id):
             self._send(call)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self._flush()
         for call in self._prune_calls(thread_ids, strategy):
             self._send(call)
 
@@ -714,7 +935,7 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
-        await self._asend(self._writes_call(config, writes, task_id, task_path))
+        await self._asend(self._writes_call(self._held_writes(config, writes, task_id, task_path)))
 
     async def adelete_thread(self, thread_id: str) -> None:
         for call in self._delete_thread_calls(thread_id):

@@ -17,6 +17,11 @@ Guarantees:
   last, so a checkpoint is never visible before its values. Repeating a put is
   harmless: existing value rows are kept and the checkpoint row (with its inline
   values) is replaced.
+* ``put`` may carry pending writes of its parent checkpoint (``writes``; the remote
+  saver sends a step's writes with the next checkpoint in one request): they are
+  validated with the rest before anything is written and go first in the same
+  batch, so the checkpoint and the writes are stored together or not at all (when
+  they fit one batch; past it, writes and values go before the checkpoint, as above).
 * Small values (up to 16 KiB each, 96 KiB and 64 values per row) are stored inline
   in the checkpoint row, so a typical step is one checkpoint row plus its pending
   writes. An unchanged value the parent holds inline is carried inline again when
@@ -96,6 +101,7 @@ from shared.domains.checkpoints.models import (
     PruneStrategy,
     RunCheckpointsNotFound,
     StoredCheckpoint,
+    TaskWrites,
     ThreadInfo,
     TypedValue,
     WritesResult,
@@ -114,7 +120,7 @@ __all__ = [
     "INLINE_VALUE_BYTES", "LIST_PAGE_BYTES", "MAX_BULK_IDS", "MAX_CHANNELS", "MAX_ID_LENGTH", "MAX_METADATA_BYTES",
     "MAX_PUT_BYTES", "MAX_TASK_PATH_LENGTH", "MAX_TEXT_LENGTH", "MAX_TYPE_LENGTH", "MAX_WRITES",
     "VALUE_GRACE_SECONDS", "CheckpointRef", "CheckpointService", "PendingWrite", "PruneStrategy",
-    "StoredCheckpoint", "ThreadInfo", "TypedValue", "WritesResult",
+    "StoredCheckpoint", "TaskWrites", "ThreadInfo", "TypedValue", "WritesResult",
 ]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -203,6 +209,33 @@ def _metadata_json(metadata: Mapping[str, Any] | None) -> str:
     if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
         raise TooLarge(f"metadata is over {MAX_METADATA_BYTES} bytes as JSON")
     return text
+
+
+def _check_task_writes(task: TaskWrites) -> None:
+    """A task's writes as :meth:`CheckpointService.put_writes` takes them: InvalidInput/InvalidKey otherwise."""
+    _check_text(task.task_id, "task_id")
+    _check_text(task.task_path, "task_path", empty=True, max_length=MAX_TASK_PATH_LENGTH)
+    writes = task.writes
+    if isinstance(writes, (str, bytes)) or not isinstance(writes, Sequence):
+        raise InvalidInput("writes must be a list of (idx, channel, value)")
+    if len(writes) > MAX_WRITES:
+        raise InvalidInput(f"at most {MAX_WRITES} writes per call")
+    seen: set[int] = set()
+    for write in writes:
+        if not isinstance(write, tuple) or len(write) != 3:
+            raise InvalidInput("each write must be (idx, channel, value)")
+        idx, channel, value = write
+        if not isinstance(idx, int) or isinstance(idx, bool) or abs(idx) > 2**31:
+            raise InvalidInput(f"write idx must be an integer, got {idx!r}")
+        if idx in seen:
+            raise InvalidInput(f"write idx {idx} appears twice")
+        seen.add(idx)
+        _check_text(channel, "channel")
+        _check_value(value, f"write to {channel!r}")
+
+
+def _writes_size(writes: Sequence[tuple[int, str, TypedValue]]) -> int:
+    return sum(len(value.data) for _, _, value in writes)
 
 
 def _matches(metadata: Mapping[str, Any], wanted: Mapping[str, Any] | None) -> bool:
@@ -469,14 +502,20 @@ class CheckpointService:
         new_values: Mapping[str, TypedValue] | None = None,
         metadata: Mapping[str, Any] | None = None,
         parent_checkpoint_id: str | None = None,
+        writes: Sequence[TaskWrites] = (),
     ) -> CheckpointRef:
         """Store a checkpoint and the values it introduces.
 
         ``channel_versions``: the version of every channel that holds a value at
         this checkpoint. ``new_values``: the values this checkpoint writes, by
         channel (at the version ``channel_versions`` names); values of other
-        channels are those stored by earlier checkpoints. Everything is validated,
-        and the size checked (TooLarge), before anything is written.
+        channels are those stored by earlier checkpoints. ``writes``: pending writes
+        of tasks of the parent checkpoint (``parent_checkpoint_id`` needed), stored
+        as :meth:`put_writes` stores them but in the checkpoint's batch: a remote
+        client sends a step's writes and the next checkpoint in one request, and
+        they are stored together or not at all. Everything is validated, and the
+        size checked (TooLarge, the checkpoint and the writes together), before
+        anything is written.
         """
         check_tenant(tenant)
         check_id(thread_id, "thread_id")
@@ -498,8 +537,11 @@ class CheckpointService:
             _check_value(value, f"value of channel {channel!r}")
         metadata_text = _metadata_json(metadata)
         size = len(checkpoint.data) + sum(len(v.data) for v in values.values()) + len(metadata_text)
+        carried = self._carried_writes(writes, parent_checkpoint_id)
+        size += sum(_writes_size(task.writes) for task in carried)
         if size > self.max_bytes:
-            raise TooLarge(f"checkpoint is {size} bytes serialised; the limit is {self.max_bytes}")
+            what = "checkpoint and its carried writes are" if carried else "checkpoint is"
+            raise TooLarge(f"{what} {size} bytes serialised; the limit is {self.max_bytes}")
         run = (metadata or {}).get("run_id")
         run_id = _check_text(run, "metadata run_id") if isinstance(run, str) and run else None
 
@@ -510,6 +552,12 @@ class CheckpointService:
         inline_bytes = 0
         rows: list[Entity] = []
         carried_rows: set[str] = set()
+        special: set[str] = set()
+        for task in carried:  # first: the parent's writes, before this checkpoint's values and row
+            assert parent_checkpoint_id is not None  # _carried_writes refuses writes without a parent
+            task_rows, task_special = self._write_rows(partition, ns_part, parent_checkpoint_id, task, now)
+            rows.extend(task_rows)
+            special |= task_special
 
         def keep_inline(channel: str, value: TypedValue, most: int) -> bool:
             nonlocal inline_bytes
@@ -547,7 +595,8 @@ class CheckpointService:
         rows.append(row)  # last: never visible before its values
 
         self._index(tenant, thread_id, run_id, force=parent_checkpoint_id is None)
-        done = self._commit(rows, replace=frozenset({row.row_key, *carried_rows}), keep_inline=frozenset({row.row_key}))
+        done = self._commit(rows, replace=frozenset({row.row_key, *carried_rows, *special}),
+                            keep_inline=frozenset({row.row_key}))
         if row.row_key in done.replaced:
             with self._lock:  # it may have kept values of the row it replaced: read it when needed
                 self._recent.pop((partition, row.row_key), None)
@@ -586,35 +635,47 @@ class CheckpointService:
         check_id(thread_id, "thread_id")
         _check_text(checkpoint_ns, "checkpoint_ns", empty=True)
         check_id(checkpoint_id, "checkpoint_id")
-        _check_text(task_id, "task_id")
-        _check_text(task_path, "task_path", empty=True, max_length=MAX_TASK_PATH_LENGTH)
-        if len(writes) > MAX_WRITES:
-            raise InvalidInput(f"at most {MAX_WRITES} writes per call")
-        seen: set[int] = set()
-        size = 0
-        for write in writes:
-            if not isinstance(write, tuple) or len(write) != 3:
-                raise InvalidInput("each write must be (idx, channel, value)")
-            idx, channel, value = write
-            if not isinstance(idx, int) or isinstance(idx, bool) or abs(idx) > 2**31:
-                raise InvalidInput(f"write idx must be an integer, got {idx!r}")
-            if idx in seen:
-                raise InvalidInput(f"write idx {idx} appears twice")
-            seen.add(idx)
-            _check_text(channel, "channel")
-            size += len(_check_value(value, f"write to {channel!r}").data)
+        task = TaskWrites(task_id, writes, task_path)
+        _check_task_writes(task)
+        size = _writes_size(writes)
         if size > self.max_bytes:
             raise TooLarge(f"writes are {size} bytes serialised; the limit is {self.max_bytes}")
-
-        now = time.time()
-        partition = layout.thread_pk(tenant, thread_id)
-        ns_part = part(checkpoint_ns)
-        rows = [layout.write_row(partition, ns_part, checkpoint_id, task_id, task_path, idx, channel, value, now,
-                                 self._threshold)
-                for idx, channel, value in writes]
-        special = frozenset(row.row_key for row, (idx, _, _) in zip(rows, writes) if idx < 0)
+        rows, special = self._write_rows(layout.thread_pk(tenant, thread_id), part(checkpoint_ns), checkpoint_id,
+                                         task, time.time())
         done = self._commit(rows, replace=special, linger=linger)
         return WritesResult(done.written, done.kept)
+
+    def _write_rows(self, partition: str, ns_part: str, checkpoint_id: str, task: TaskWrites,
+                    now: float) -> tuple[list[Entity], frozenset[str]]:
+        """A task's (checked) write rows, and the row keys of its special writes (replaced, not kept)."""
+        rows = [layout.write_row(partition, ns_part, checkpoint_id, task.task_id, task.task_path, idx, channel,
+                                 value, now, self._threshold)
+                for idx, channel, value in task.writes]
+        return rows, frozenset(row.row_key for row, (idx, _, _) in zip(rows, task.writes) if idx < 0)
+
+    @staticmethod
+    def _carried_writes(writes: Sequence[TaskWrites], parent_checkpoint_id: str | None) -> list[TaskWrites]:
+        """The checked pending writes a put carries for its parent (at most MAX_WRITES in all)."""
+        if isinstance(writes, (str, bytes)) or not isinstance(writes, Sequence):
+            raise InvalidInput("writes must be a list of TaskWrites")
+        carried = list(writes)
+        if not carried:
+            return carried
+        if parent_checkpoint_id is None:
+            raise InvalidInput("writes are carried for the parent checkpoint: give parent_checkpoint_id")
+        total = 0
+        tasks: set[tuple[str, str]] = set()
+        for task in carried:
+            if not isinstance(task, TaskWrites):
+                raise InvalidInput("each carried entry must be TaskWrites (task_id, writes, task_path)")
+            _check_task_writes(task)
+            if (task.task_id, task.task_path) in tasks:
+                raise InvalidInput(f"task {task.task_id!r} appears twice in the carried writes")
+            tasks.add((task.task_id, task.task_path))
+            total += len(task.writes)
+        if total > MAX_WRITES:
+            raise InvalidInput(f"at most {MAX_WRITES} writes per call")
+        return carried
 
     # -- reads
 
