@@ -24,10 +24,12 @@ TABLE_MEMORY = "stowagememory"
 TABLE_SESSIONS = "stowagesessions"
 TABLE_WORKFLOWS = "stowageworkflows"
 TABLE_CHECKPOINTS = "stowagecheckpoints"
+#: The change feed: outbox hints, per-tenant counters, sequenced changes (shared/storage/changefeed.py).
+TABLE_CHANGES = "stowagechanges"
 #: Tables of the platform itself; each domain's tables are named above and listed by its Domain.
-PLATFORM_TABLES = (TABLE_APIKEYS, TABLE_COMMANDS)
+PLATFORM_TABLES = (TABLE_APIKEYS, TABLE_COMMANDS, TABLE_CHANGES)
 TABLES = (TABLE_APIKEYS, TABLE_OBJECTS, TABLE_COMMANDS, TABLE_MEMORY, TABLE_SESSIONS, TABLE_WORKFLOWS,
-          TABLE_CHECKPOINTS)
+          TABLE_CHECKPOINTS, TABLE_CHANGES)
 
 # Queues. The Functions host moves a message that failed maxDequeueCount times
 # to "<queue>-poison"; the local host does the same.

@@ -103,6 +103,7 @@ var tableNames = [
   'stowagesessions'
   'stowageworkflows'
   'stowagecheckpoints'
+  'stowagechanges'
 ]
 // The Functions host moves a message that failed maxDequeueCount times to "<queue>-poison".
 var queueNames = [

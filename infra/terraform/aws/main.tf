@@ -22,6 +22,7 @@ locals {
     "stowagesessions",
     "stowageworkflows",
     "stowagecheckpoints",
+    "stowagechanges",
   ]
   # Work queues; each gets "<name>-poison" as its dead-letter queue below.
   queues = [

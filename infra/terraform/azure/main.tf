@@ -24,6 +24,7 @@ locals {
     "stowagesessions",
     "stowageworkflows",
     "stowagecheckpoints",
+    "stowagechanges",
   ]
   # The Functions host moves a message that failed maxDequeueCount times to "<queue>-poison".
   queues = [

@@ -673,6 +673,24 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
             held.taken = True
         return taken
 
+    def _take_for_parent(self, key: tuple[str, str], parent_checkpoint_id: str | None) -> list[_HeldWrites]:
+        """The held writes of ``key`` for this checkpoint (up to _CARRY_BYTES), off the queue, in order."""
+        taken: list[_HeldWrites] = []
+        size = 0
+        with self._held_lock:
+            held_here = self._held.get(key)
+            if not held_here or parent_checkpoint_id is None:
+                return taken
+            for held in list(held_here):
+                if held.checkpoint_id == parent_checkpoint_id and size + held.size <= _CARRY_BYTES:
+                    held_here.remove(held)
+                    held.taken = True
+                    taken.append(held)
+                    size += held.size
+            if not held_here:
+                del self._held[key]
+        return taken
+
     def _send_alone(self, taken: Sequence[_HeldWrites]) -> None:
         """Send taken writes one request each, in order; each writer gets its own answer."""
         for index, held in enumerate(taken):
@@ -699,14 +717,10 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
             self._puts_in_flight[key] = self._puts_in_flight.get(key, 0) + 1
         taken: list[_HeldWrites] = []
         try:
-            taken = self._take(lambda other: other == key) if self._held else []
-            carry: list[_HeldWrites] = []
-            size = 0
-            for held in taken:
-                if held.checkpoint_id == put.parent_checkpoint_id and size + held.size <= _CARRY_BYTES:
-                    carry.append(held)
-                    size += held.size
-            self._send_alone([held for held in taken if held not in carry])  # other checkpoints' writes first
+            # Only the parent's writes; writes of a later checkpoint stay held for the put that follows it
+            # (LangGraph chains its puts, so they often lag behind the steps).
+            taken = self._take_for_parent(key, put.parent_checkpoint_id) if self._held else []
+            carry = taken
             if not carry:
                 self._send(call)
                 return
