@@ -14,8 +14,8 @@ Layout.
   ``~outbox|`` is the record's id; the µs part never repeats or goes back within
   one :class:`ChangeFeed` object, as with monotonic ULIDs), so a partition's
   pending records are one prefix read, oldest first. Properties: ``fmt``,
-  ``tenant``, ``domain``, ``op``, ``target_type``, ``target_id``, ``actor`` (JSON
-  object), ``at`` (epoch s),
+  ``tenant``, ``domain``, ``op``, ``target_type``, ``target_id``, ``actor`` and ``context`` (JSON
+  objects, ``context`` left out when empty), ``at`` (epoch s),
   ``audited`` and ``details`` (JSON, at most :data:`MAX_DETAILS_BYTES`: the
   change's canonical data or its hash; anything larger stays with the caller and
   the details name it).
@@ -124,7 +124,7 @@ _TIME_DIGITS = 16
 MAX_RECORDS_PER_BATCH = 49
 HINTS_PER_TURN = 32
 MAX_DETAILS_BYTES = 8 * 1024
-MAX_ACTOR_BYTES = 2 * 1024
+MAX_ACTOR_BYTES = 2 * 1024  # and of the context
 MAX_TARGET_ID_CHARS = 1024
 MAX_NAME_CHARS = 64
 MAX_PAGE = 1000
@@ -178,6 +178,8 @@ class ChangeRecord:
     target_id: str
     #: Who made the change, opaque to the feed (e.g. from the API key: type, id, name, roles).
     actor: Mapping[str, Any] = field(default_factory=dict)
+    #: Where the change came from, opaque to the feed (e.g. trace and span id, session, workflow).
+    context: Mapping[str, Any] = field(default_factory=dict)
     #: False for high-volume writes the audit log skips; the feed carries them all.
     audited: bool = True
     #: Small JSON: the change's canonical data or its hash, or a reference to larger details.
@@ -196,6 +198,7 @@ class Change:
     target_type: str
     target_id: str
     actor: dict[str, Any]
+    context: dict[str, Any]
     at: float
     audited: bool
     details: Any
@@ -341,6 +344,10 @@ class ChangeFeed:
                                 "actor", max_bytes=MAX_ACTOR_BYTES, require_object=True),
             "audited": record.audited,
         }
+        if record.context:
+            properties["context"] = json_field(
+                dict(record.context) if isinstance(record.context, Mapping) else record.context,
+                "context", max_bytes=MAX_ACTOR_BYTES, require_object=True)
         if record.details is not None:
             properties["details"] = json_field(record.details, "details", max_bytes=MAX_DETAILS_BYTES)
         now = self._clock()
@@ -590,7 +597,8 @@ class ChangeFeed:
     def _change(row: Entity) -> Change:
         return Change(seq=int(row.get("seq")), id=str(row["id"]), tenant=str(row["tenant"]), domain=str(row["domain"]),
                       op=str(row["op"]), target_type=str(row["target_type"]), target_id=str(row["target_id"]),
-                      actor=json_value(row.get("actor"), {}), at=float(row.get("at")), audited=bool(row["audited"]),
+                      actor=json_value(row.get("actor"), {}),
+                      context=json_value(row.get("context"), {}), at=float(row.get("at")), audited=bool(row["audited"]),
                       details=json_value(row.get("details")), sequenced_at=float(row.get("sequenced_at")))
 
     def status(self, tenant: str) -> FeedStatus:
