@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import operator
 import random
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Annotated, TypedDict
 
 import httpx
 import pytest
@@ -295,3 +297,184 @@ def test_remote_saver_honours_retry_after():
             saver.get_tuple({"configurable": {"thread_id": "t"}})
     finally:
         saver.close()
+
+
+# --------------------------------------------------------------------------- one request per step (issue 10)
+
+
+class _Requests:
+    """Records every request the saver's real sync client sends (an httpx event hook)."""
+
+    def __init__(self, saver: RemoteCheckpointSaver) -> None:
+        self.seen: list[tuple[str, str, dict]] = []
+        saver._client.event_hooks["request"].append(self._record)
+
+    def _record(self, request: httpx.Request) -> None:
+        body = json.loads(request.content) if request.content else {}
+        kind = "writes" if "/writes/" in request.url.path else request.method.lower()
+        self.seen.append((kind, request.url.path, body))
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _, _ in self.seen]
+
+
+class _HeldSignal(threading.Event):
+    """An Event that tells the test when a put_writes is held, and whose wait has no timeout: only a put
+    or a flush releases it (so the test decides, not the clock)."""
+
+    held = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        _HeldSignal.held.set()
+        return super().wait()
+
+
+class _StepState(TypedDict):
+    log: Annotated[list[str], operator.add]
+
+
+def _step_graph(saver: RemoteCheckpointSaver, fail_at: int | None = None):
+    from langgraph.graph import END, START, StateGraph
+
+    State = _StepState
+
+    def node(name: str, index: int):
+        def run(state: State) -> dict:
+            if index == fail_at:
+                raise RuntimeError(f"{name} failed")
+            return {"log": [name]}
+        return run
+
+    builder = StateGraph(State)
+    names = ["a", "b", "c"]
+    for index, name in enumerate(names):
+        builder.add_node(name, node(name, index))
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    builder.add_edge("b", "c")
+    builder.add_edge("c", END)
+    return builder.compile(checkpointer=saver)
+
+
+def test_remote_saver_sends_a_steps_writes_with_the_next_checkpoint(server, thread):
+    # A generous linger: the put that carries the writes comes within milliseconds, so the count does not
+    # depend on the machine's load.
+    with RemoteCheckpointSaver(server.url, server.keys["alpha"], writes_linger=1.0) as saver:
+        requests = _Requests(saver)
+        graph = _step_graph(saver)
+        config = {"configurable": {"thread_id": thread}}
+        assert graph.invoke({"log": ["start"]}, config) == {"log": ["start", "a", "b", "c"]}
+        kinds = requests.kinds()
+        assert "writes" not in kinds, kinds  # every step's writes rode in a put
+        puts = [body for kind, _, body in requests.seen if kind == "put"]
+        assert len(puts) == 5 and kinds.count("get") == 1  # input + 4 loop checkpoints, one read
+        carried = [body for body in puts if body.get("writes")]
+        assert len(carried) == 4  # the input's and each node's writes, with the checkpoint after them
+        assert all(body["parent_checkpoint_id"] for body in carried)
+        assert len(requests.seen) == 6  # one request per step, plus the first read
+        history = list(saver.list(config))
+        assert len(history) == 5 and history[0].checkpoint["channel_values"] == {"log": ["start", "a", "b", "c"]}
+        assert [w[1] for w in history[1].pending_writes] == ["log"]  # stored with the parent, as put_writes does
+
+
+def test_held_writes_are_sent_before_a_read_and_on_close(server, thread):
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = RemoteCheckpointSaver(server.url, server.keys["alpha"], writes_linger=1.0)
+    saver.make_event = _HeldSignal
+    requests = _Requests(saver)
+    config = saver.put({"configurable": {"thread_id": thread, "checkpoint_ns": ""}}, empty_checkpoint(),
+                       {"source": "input", "step": -1}, {})
+    errors: list[BaseException] = []
+
+    def put_writes(task: str) -> None:
+        try:
+            saver.put_writes(config, [("x", task)], task)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            errors.append(exc)
+
+    # A read of the thread sends the held writes first (no put will come: the graph stopped here).
+    _HeldSignal.held = threading.Event()
+    writer = threading.Thread(target=put_writes, args=("task-1",))
+    writer.start()
+    assert _HeldSignal.held.wait(30)
+    stored = saver.get_tuple({"configurable": {"thread_id": thread}})
+    writer.join(30)
+    assert not writer.is_alive() and not errors
+    assert stored.pending_writes == [("task-1", "x", "task-1")]
+    assert requests.kinds()[-2:] == ["writes", "get"]  # the writes, then the read
+
+    # Closing sends them too: an exception between put_writes and put loses nothing.
+    _HeldSignal.held = threading.Event()
+    writer = threading.Thread(target=put_writes, args=("task-2",))
+    writer.start()
+    assert _HeldSignal.held.wait(30)
+    saver.close()
+    writer.join(30)
+    assert not writer.is_alive() and not errors
+    with RemoteCheckpointSaver(server.url, server.keys["alpha"], writes_linger=0) as other:
+        stored = other.get_tuple({"configurable": {"thread_id": thread}})
+    assert sorted(stored.pending_writes) == [("task-1", "x", "task-1"), ("task-2", "x", "task-2")]
+
+
+def test_a_failing_node_keeps_its_error_write(server, thread):
+    with RemoteCheckpointSaver(server.url, server.keys["alpha"]) as saver:
+        graph = _step_graph(saver, fail_at=1)
+        config = {"configurable": {"thread_id": thread}}
+        with pytest.raises(RuntimeError, match="b failed"):
+            graph.invoke({"log": ["start"]}, config)
+    with RemoteCheckpointSaver(server.url, server.keys["alpha"]) as reader:
+        latest = reader.get_tuple(config)
+    assert latest.checkpoint["channel_values"]["log"] == ["start", "a"]
+    assert [channel for _, channel, _ in latest.pending_writes] == ["__error__"]
+
+
+def test_a_refused_carrying_put_still_stores_the_writes(server, thread):
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = RemoteCheckpointSaver(server.url, server.keys["alpha"], writes_linger=1.0)
+    saver.make_event = _HeldSignal
+    config = saver.put({"configurable": {"thread_id": thread, "checkpoint_ns": ""}}, empty_checkpoint(),
+                       {"source": "input", "step": -1}, {})
+    _HeldSignal.held = threading.Event()
+    writer = threading.Thread(target=saver.put_writes, args=(config, [("x", 1)], "task-1"))
+    writer.start()
+    assert _HeldSignal.held.wait(30)
+    child = empty_checkpoint()
+    child["id"] = "bad id"  # refused by the server: the carried writes are sent again on their own
+    with pytest.raises(InvalidInput):
+        saver.put(config, child, {"source": "loop", "step": 0}, {})
+    writer.join(30)
+    assert not writer.is_alive()
+    stored = saver.get_tuple(config)
+    assert stored.pending_writes == [("task-1", "x", 1)]
+    saver.close()
+
+
+def test_put_with_writes_over_http_is_atomic(server, thread):
+    with server.client() as http:
+        ids = chain(http, thread, 1)
+        url = f"{BASE}/threads/{thread}/checkpoints/c2"
+        body = {"parent_checkpoint_id": ids[0], "checkpoint": value(b"c2", "json"), "channel_versions": {"n": "2"},
+                "new_values": {"n": value(b"2")},
+                "writes": [{"task_id": "task-1", "task_path": "p",
+                            "writes": [{"idx": 0, "channel": "x", "value": value(b"1")},
+                                       {"idx": 0, "channel": "y", "value": value(b"dup")}]}]}
+        problem(http.put(url, json=body), 400)  # idx twice: refused before anything is written
+        problem(http.put(url, json={**body, "writes": [{"task_id": "t", "writes": [{"idx": "0", "channel": "x",
+                                                                                    "value": value(b"1")}]}]}), 422)
+        problem(http.put(url, json={**body, "parent_checkpoint_id": None}), 400)
+        problem(http.get(url), 404)
+        assert http.get(f"{BASE}/threads/{thread}/checkpoints/{ids[0]}").json()["pending_writes"] == []
+
+        body["writes"][0]["writes"].pop()
+        stored = http.put(url, json=body)
+        assert stored.status_code == 201, stored.text
+        parent = http.get(f"{BASE}/threads/{thread}/checkpoints/{ids[0]}").json()
+        assert [(w["task_id"], w["task_path"], w["idx"], w["channel"]) for w in parent["pending_writes"]] == [
+            ("task-1", "p", 0, "x")]
+        assert http.get(f"{BASE}/threads/{thread}/latest").json()["checkpoint_id"] == "c2"
+        spec = httpx.get(server.url + "/openapi.json").json()
+        schema = spec["paths"][f"{BASE}/threads/{{thread_id}}/checkpoints/{{checkpoint_id}}"]["put"]["requestBody"]
+        carried = schema["content"]["application/json"]["schema"]["properties"]["writes"]
+        assert carried["type"] == "array" and {"task_id", "writes"} <= set(carried["items"]["properties"])

@@ -19,9 +19,12 @@ methods run the blocking storage calls in a worker thread (``asyncio.to_thread``
 the remote saver uses ``httpx.AsyncClient``. The direct saver's sync ``put_writes``
 waits up to ``writes_linger`` (10 ms) for the next ``put`` of the thread to carry its
 rows in the same atomic batch (LangGraph stores both right after each other, from two
-threads), so a step costs one batch instead of two. Both honour ``thread_id``,
-``checkpoint_ns`` and ``checkpoint_id`` in ``config["configurable"]`` as
-LangGraph's own savers do, and make versions like the SQLite saver.
+threads), so a step costs one batch instead of two. The remote saver's sync ``put_writes``
+likewise waits for the next ``put`` of the thread to carry its writes in the same request
+(one HTTP request and one atomic batch per step); held writes are sent alone before any
+read of the thread, any async call and ``close``, so none is lost or overtaken. Both
+honour ``thread_id``, ``checkpoint_ns`` and ``checkpoint_id`` in ``config["configurable"]``
+as LangGraph's own savers do, and make versions like the SQLite saver.
 
 Values are serialised by the saver's ``serde`` (LangGraph's ``JsonPlusSerializer``
 unless given): the checkpoint without its channel values, each new channel value
@@ -40,6 +43,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from http.cookiejar import CookieJar
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -404,6 +408,13 @@ class _Call:
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
+class _NoCookies(CookieJar):
+    """The API authenticates with a key and sets no cookies: skip httpx's cookie parsing of every answer."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+
 _JSON_HEADERS = {"Content-Type": "application/json"}
 #: Pending writes a put carries along at most (bytes of serialised values); larger ones go alone.
 _CARRY_BYTES = 1024 * 1024
@@ -452,7 +463,7 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
     One request per step: LangGraph's sync loop stores a task's pending writes and,
     right after, the next checkpoint, from two background threads. A sync
     ``put_writes`` is *held* up to ``writes_linger`` (10 ms; longer only while a put
-    of its thread is in flight, up to 20 lingers) for the next ``put`` of the same
+    of its thread is in flight or ended less than a linger ago, up to 20 lingers) for the next ``put`` of the same
     thread and namespace to carry it: that put sends the writes of its parent
     checkpoint in its own request, and the server stores both in one atomic batch.
     ``put_writes`` still returns only once its writes are stored (carried, or sent
@@ -483,6 +494,7 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
         # (thread_id, checkpoint_ns) -> held put_writes, in the order they came
         self._held: dict[tuple[str, str], list[_HeldWrites]] = {}
         self._puts_in_flight: dict[tuple[str, str], int] = {}
+        self._put_ended: dict[tuple[str, str], float] = {}  # time.monotonic() the last put of the key ended
         # (thread_id, checkpoint_ns) -> (held writes in a row no put carried, writes left to send at once)
         self._linger_state: dict[tuple[str, str], tuple[int, int]] = {}
         self._held_lock = threading.Lock()
@@ -494,7 +506,8 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
-        self._client = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout)
+        self._client = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=timeout,
+                                    cookies=_NoCookies())
         self._async_client: httpx.AsyncClient | None = None
         self._async_lock = threading.Lock()
 
@@ -535,6 +548,7 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
         with self._async_lock:
             if self._async_client is None:
                 self._async_client = httpx.AsyncClient(base_url=self.base_url, headers=self._headers,
+                                                       cookies=_NoCookies(),
                                                        timeout=self._timeout)
             return self._async_client
 
@@ -696,7 +710,7 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
         for index, held in enumerate(taken):
             try:
                 self._send(self._writes_call(held))
-            except BaseException as exc:  # noqa: BLE001 - raised again in the writer's own thread
+            except BaseException as exc:  # raised again in the writer's own thread
                 held.settle(exc)
                 if not isinstance(exc, Exception):  # interrupted: the rest must not wait forever
                     for rest in taken[index + 1:]:
@@ -748,6 +762,9 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
                 left = self._puts_in_flight.pop(key) - 1
                 if left:
                     self._puts_in_flight[key] = left
+                if len(self._put_ended) >= 10_000:
+                    self._put_ended.clear()
+                self._put_ended[key] = time.monotonic()
 
     def _hold(self, held: _HeldWrites) -> None:
         """Wait for a put to carry ``held``; send it alone when none came. Returns once it is stored."""
@@ -758,7 +775,10 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
             if held.event.wait(self.writes_linger):
                 break
             with self._held_lock:
-                if not self._puts_in_flight.get(key):
+                # LangGraph chains its puts: one of them in flight, or one that just ended (the next
+                # follows at once), means the put that carries these writes is on its way.
+                if not self._puts_in_flight.get(key) and (
+                        time.monotonic() - self._put_ended.get(key, -1e9) > self.writes_linger):
                     break
         if not held.taken:
             # No put came: send what the thread holds, in order (this one included).
