@@ -45,16 +45,6 @@ class _QueuedSignal(threading.Event):
         return super().wait(timeout)
 
 
-@pytest.fixture
-def tenant() -> str:
-    return "t" + uuid.uuid4().hex[:10]
-
-
-@pytest.fixture
-def service(stores) -> CheckpointService:
-    return CheckpointService(stores)
-
-
 def test_lingering_writes_ride_in_the_next_puts_batch(service, tenant, monkeypatch):
     _QueuedSignal.waiting = threading.Event()
     service._group.make_event = _QueuedSignal

@@ -30,16 +30,6 @@ class _Batches:
         monkeypatch.setattr(service._table, "batch", batch)
 
 
-@pytest.fixture
-def tenant() -> str:
-    return "t" + uuid.uuid4().hex[:10]
-
-
-@pytest.fixture
-def service(stores) -> CheckpointService:
-    return CheckpointService(stores)
-
-
 def _first(service: CheckpointService, tenant: str, thread: str) -> None:
     service.put(tenant, thread, "", "c1", val("cp1"), channel_versions={"x": "1"}, new_values={"x": val("one")})
 

@@ -27,16 +27,6 @@ from shared.storage.idempotency import IdempotencyKeyReused, marker_row
 LATER = 10 * VALUE_GRACE_SECONDS  # seconds: "now" for maintenance that should collect garbage values
 
 
-@pytest.fixture
-def tenant() -> str:
-    return "t" + uuid.uuid4().hex[:10]
-
-
-@pytest.fixture
-def service(stores) -> CheckpointService:
-    return CheckpointService(stores)
-
-
 def cp(label: str) -> TypedValue:
     return TypedValue("json", json.dumps({"checkpoint": label}).encode())
 
