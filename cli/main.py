@@ -1,4 +1,4 @@
-"""The ``stowage`` command: serve the function app locally, manage keys and poison messages."""
+"""The ``stowage`` command: serve the function app locally, manage keys and poison messages, verify audit logs."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from shared.apikeys import DOMAINS, SCOPES, ApiKeyInfo, ApiKeyService
 from shared.commands import PoisonQueue, envelope_json_schema
 from shared.config import Settings, apply_local_settings
 from shared.errors import StowageError
+from shared.request_context import Actor, RequestContext, acting_as
 from shared.stores import Stores
 
 console = Console()
@@ -38,13 +39,15 @@ def ensure_dev_key(stores: Stores) -> tuple[str, bool]:
     if key_file.is_file():
         return key_file.read_text().strip(), False
     service = ApiKeyService(stores)
-    made, key = service.create(DEV_TENANT, label="made by stowage serve on first start",
-                               scopes=SCOPES)
+    with acting_as(CLI_CONTEXT):
+        made, key = service.create(DEV_TENANT, label="made by stowage serve on first start",
+                                   scopes=SCOPES)
     key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:  # 0600 from the start: the key is never readable by others, not even for an instant
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made the dev key meanwhile: use theirs, drop ours
-        service.revoke(made.key_id)
+        with acting_as(CLI_CONTEXT):
+            service.revoke(made.key_id)
         return key_file.read_text().strip(), False
     with os.fdopen(fd, "w") as out:
         out.write(key + "\n")
@@ -115,14 +118,21 @@ def _listed(values: list[str] | None) -> list[str] | None:
 def _key_json(info: ApiKeyInfo) -> dict[str, object]:
     return {"key_id": info.key_id, "tenant": info.tenant, "label": info.label, "scopes": list(info.scopes),
             "domains": list(info.domains) if info.domains is not None else None, "actor": info.actor,
+            "actor_type": info.actor_type, "actor_id": info.actor_id,
             "roles": list(info.roles), "created_at": info.created_at, "revoked_at": info.revoked_at}
+
+
+#: Who key changes made from the command line are attributed to.
+CLI_CONTEXT = RequestContext(actor=Actor("system", "cli"), source="cli")
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     scopes = _listed(args.scope) or ["read", "write"]
-    info, key = ApiKeyService(_stores()).create(args.tenant, label=args.label, scopes=scopes,
-                                                domains=_listed(args.domain), actor=args.actor,
-                                                roles=_listed(args.role) or ())
+    with acting_as(CLI_CONTEXT):
+        info, key = ApiKeyService(_stores()).create(args.tenant, label=args.label, scopes=scopes,
+                                                    domains=_listed(args.domain), actor_name=args.actor,
+                                                    actor_type=args.actor_type, actor_id=args.actor_id,
+                                                    roles=_listed(args.role) or ())
     if args.json:
         print(json.dumps({**_key_json(info), "api_key": key}))
     else:
@@ -134,7 +144,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    info = ApiKeyService(_stores()).revoke(args.key_id)
+    with acting_as(CLI_CONTEXT):
+        info = ApiKeyService(_stores()).revoke(args.key_id)
     console.print(f"revoked key {info.key_id} of tenant '{info.tenant}' at {info.revoked_at}")
     return 0
 
@@ -182,6 +193,40 @@ def cmd_poison_replay(args: argparse.Namespace) -> int:
     return 1 if args.id and (report.skipped or report.not_found) else 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Recompute a tenant's audit log from its tiles and bundles; exit 0 when it verifies, 1 otherwise."""
+    from shared.domains.audit import AuditService
+    from shared.storage.tlog import NoteVerifier
+
+    trusted = Path(args.trusted_checkpoint).read_text(encoding="utf-8") if args.trusted_checkpoint else None
+    verifiers = [NoteVerifier.from_vkey(vkey) for vkey in args.vkey] if args.vkey else None
+    service = AuditService(_stores())
+    report = service.verify(args.tenant, trusted=trusted, verifiers=verifiers)
+    if args.json:
+        print(json.dumps({"ok": report.ok, **dataclasses.asdict(report)}, indent=2))
+    else:
+        for problem in report.problems:
+            console.print(f"[red]FAIL[/red] {problem.kind}: {problem.key}: {problem.detail}", highlight=False)
+        if report.ok:
+            against = " and extends the trusted checkpoint" if trusted else ""
+            console.print(f"[green]OK[/green] audit log of tenant '{args.tenant}': {report.size} entries, root "
+                          f"{report.root}, signature valid{against}", highlight=False)
+        else:
+            console.print(f"[red]FAILED[/red] audit log of tenant '{args.tenant}': {len(report.problems)} "
+                          "problem(s); do not trust it", highlight=False)
+    if report.ok and args.save_checkpoint and report.checkpoint:
+        Path(args.save_checkpoint).write_text(report.checkpoint, encoding="utf-8")
+    return 0 if report.ok else 1
+
+
+def cmd_audit_vkey(args: argparse.Namespace) -> int:
+    """Print the verifier key of the audit signing key (public), for `audit verify --vkey`."""
+    from shared.domains.audit import AuditService
+
+    print(AuditService(_stores()).verifier().vkey)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(envelope_json_schema(), indent=2))
     return 0
@@ -221,7 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--domain", "--domains", dest="domain", action="append", metavar="DOMAIN",
                         help=f"limit the key to these domains: {', '.join(DOMAINS)} (repeatable or "
                              "comma-separated; default: every domain)")
-    create.add_argument("--actor", help="who the key acts for (a person or agent), recorded by the audit log")
+    create.add_argument("--actor-name", "--actor", dest="actor", metavar="NAME",
+                        help="the name of who the key acts for (a person or an agent), recorded by the audit log")
+    create.add_argument("--actor-type", choices=("user", "agent"), default=None,
+                        help="whether the key acts for a person (user) or a program (agent; the default)")
+    create.add_argument("--actor-id", metavar="ID",
+                        help="the actor's own id (default: the key id), so that a person's successive keys "
+                             "are one actor in the audit log")
     create.add_argument("--role", "--roles", dest="role", action="append", metavar="ROLE",
                         help="a role of the actor (repeatable or comma-separated)")
     create.add_argument("--json", action="store_true")
@@ -245,6 +296,23 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--id", action="append", help="only this message id (repeatable)")
     replay.add_argument("--json", action="store_true")
     replay.set_defaults(run=cmd_poison_replay)
+
+    audit = sub.add_parser("audit", help="the tenants' audit logs").add_subparsers(dest="audit_command",
+                                                                                    required=True)
+    verify = audit.add_parser("verify", help="recompute a tenant's audit log from its tiles: every entry hash, "
+                                             "the checkpoint signature, consistency with a trusted checkpoint")
+    verify.add_argument("--tenant", required=True)
+    verify.add_argument("--trusted-checkpoint", metavar="FILE",
+                        help="a checkpoint saved earlier (e.g. with --save-checkpoint): the log must extend it")
+    verify.add_argument("--save-checkpoint", metavar="FILE",
+                        help="write the verified current checkpoint here, to pass as --trusted-checkpoint later")
+    verify.add_argument("--vkey", action="append", metavar="VKEY",
+                        help="trust signatures of this verifier key (name+id+key; repeatable) instead of the "
+                             "key the configured storage or setting holds")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(run=cmd_audit_verify)
+    vkey = audit.add_parser("vkey", help="print the audit checkpoints' verifier key (public) for --vkey")
+    vkey.set_defaults(run=cmd_audit_vkey)
 
     schema = sub.add_parser("command-schema", help="print the JSON Schema of queue command envelopes")
     schema.set_defaults(run=cmd_schema)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from shared.apikeys import ApiKeyService
     from shared.commands import CommandProcessor, PoisonQueue
+    from shared.domains.audit import AuditService
     from shared.domains.checkpoints import CheckpointService
     from shared.domains.memory import MemoryService
     from shared.domains.objects import ObjectService
@@ -70,7 +71,12 @@ class AppContext:
         return self.settings.backend == "local"
 
     async def run_storage(self, call: Callable[..., T], /, *args: Any, read: bool) -> T:
-        """``call(*args)``: on the event loop for a local read, else on the thread pool (module docstring)."""
+        """``call(*args)``: on the event loop for a local read, else on the thread pool (module docstring).
+
+        Either way the call sees the caller's :mod:`contextvars`, so changes it makes are attributed
+        to the request (:func:`shared.request_context.current`): ``run_in_threadpool`` runs it in a
+        copy of the caller's context (``tests/test_request_context.py`` holds it to that).
+        """
         if read and self.reads_on_loop:
             return call(*args)
         return await run_in_threadpool(call, *args)
@@ -110,6 +116,12 @@ class AppContext:
         from shared.domains.checkpoints import CheckpointService
 
         return CheckpointService(self.stores)
+
+    @cached_property
+    def audit(self) -> AuditService:
+        from shared.domains.audit import AuditService
+
+        return AuditService(self.stores)
 
     def service(self, domain_name: str) -> Any:
         """The service of a registered domain: the same instance as the typed attribute of that name."""

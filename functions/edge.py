@@ -21,6 +21,19 @@ app reads any byte of its body:
 
 The principal goes into ``scope["state"]`` (``request.state.principal``), where
 :func:`functions.auth.principal_of` finds it, so routes do not authenticate again.
+The app then runs under :func:`shared.request_context.acting_as` with the key's actor
+(:meth:`~shared.apikeys.Principal.actor`), source ``http``, the trace and span id of
+a valid ``traceparent`` header, and the correlation ids of the headers
+:data:`ID_HEADERS` names (a value that is not 1-128 letters, digits, ``.``, ``_``,
+``:`` or ``-`` is ignored, as is a malformed ``traceparent``: never an error). Every
+change a route makes is attributed to that context, also from sync handlers and
+storage calls on the thread pool (anyio copies the context into the worker thread).
+
+Refusals are audited without a write per request: the edge's
+:class:`~shared.apikeys.FailureAudit` counts each 401 (reason: missing, malformed,
+unknown, mismatch, revoked) and 403 (missing scope or domain) in memory, and the
+first protected request after a window closed writes its tallies (bounded in number);
+the ASGI lifespan's shutdown writes the open window's.
 
 A refusal made while the body is unread carries ``Connection: close``: the server
 closes the connection after answering, so the rest of the body is never read and a
@@ -52,13 +65,15 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from functions import problems
-from shared.apikeys import Principal
+from shared import names
+from shared.apikeys import FailureAudit, KeyRefused, Principal
 from shared.config import Settings
 from shared.domains import DOMAINS
 from shared.domains.checkpoints.models import MAX_PUT_BYTES
 from shared.domains.memory.models import MAX_CONTENT_BYTES
 from shared.domains.workflows.models import MAX_EVENT_PAYLOAD_BYTES
-from shared.errors import InvalidInput, StowageError, TooLarge, Unauthorized
+from shared.errors import Forbidden, InvalidInput, StowageError, TooLarge, Unauthorized
+from shared.request_context import RequestContext, acting_as, parse_traceparent
 
 if TYPE_CHECKING:
     from functions.context import AppContext
@@ -81,6 +96,29 @@ _BODILESS = frozenset({"GET", "HEAD"})
 _DOMAINS = {path: domain.name for domain in DOMAINS for path in domain.paths}
 #: First path segments any valid key may call, whatever its scopes and domains.
 _ANY_KEY = frozenset({"health"})
+#: Request headers whose value becomes a correlation id of the request context (seed 002).
+ID_HEADERS = {
+    "x-stowage-workflow-id": "workflow_id",
+    "x-stowage-session-id": "session_id",
+    "x-stowage-agent-id": "agent_id",
+    "x-stowage-user-id": "user_id",
+}
+_ID_VALUE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_context_of(principal: Principal, headers: Headers) -> RequestContext:
+    """The context a request's changes are attributed to: the key's actor, its trace and its ids.
+
+    A malformed ``traceparent`` or id header is ignored (the change is still attributed to the key).
+    """
+    trace = parse_traceparent(headers.get("traceparent"))
+    ids = {}
+    for header, name in ID_HEADERS.items():
+        value = headers.get(header)
+        if value is not None and _ID_VALUE.match(value):
+            ids[name] = value
+    return RequestContext(actor=principal.actor(), source="http", trace_id=trace[0] if trace else None,
+                          span_id=trace[1] if trace else None, ids=ids)
 
 
 class RequestTimeout(StowageError):
@@ -258,8 +296,14 @@ class Edge:
     def __init__(self, app: ASGIApp, context: AppContext) -> None:
         self.app = app
         self.context = context
+        #: This app's tallies of refused requests (nothing connects until a window is flushed).
+        self.failures = FailureAudit(lambda: context.stores.changes,
+                                     lambda: context.stores.table(names.TABLE_CHANGES))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._flushing_at_shutdown(receive), send)
+            return
         rest = protected_rest(_route_path(scope)) if scope["type"] == "http" else None
         if rest is None:
             await self.app(scope, receive, send)
@@ -267,10 +311,16 @@ class Edge:
         headers = Headers(scope=scope)
         settings = self.context.settings
         method = scope["method"]
+        if self.failures.due():
+            await self._flush_failures()
         try:
             principal = await self._authenticate(headers)
             access = access_for(method, rest)
-            principal.require(access.scope, access.domain)
+            try:
+                principal.require(access.scope, access.domain)
+            except Forbidden:
+                self.failures.authorization_failed(principal, access.scope, access.domain)
+                raise
             ceiling = body_ceiling(method, rest, settings)
             declared = _declared_length(headers, ceiling)
         except StowageError as error:
@@ -278,6 +328,13 @@ class Edge:
             return
 
         scope = {**scope, "state": {**(scope.get("state") or {}), STATE_PRINCIPAL: principal}}
+        with acting_as(request_context_of(principal, headers)):
+            await self._serve(scope, receive, send, method, headers, ceiling, declared)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, method: str, headers: Headers,
+                     ceiling: int, declared: int | None) -> None:
+        """Run the app on an authenticated request, guarding its body."""
+        settings = self.context.settings
         if method in _BODILESS and not _has_body(headers):
             await self.app(scope, receive, send)
             return
@@ -304,6 +361,28 @@ class Edge:
         """The caller's principal; Unauthorized when the header is missing, not Bearer, or the key is bad."""
         scheme, _, token = headers.get("authorization", "").partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized(MISSING_KEY)
-        return await self.context.run_storage(lambda: self.context.api_keys.authenticate(token), read=True)
+        try:
+            if scheme.lower() != "bearer" or not token:
+                raise KeyRefused("missing", message=MISSING_KEY)
+            return await self.context.run_storage(lambda: self.context.api_keys.authenticate(token), read=True)
+        except KeyRefused as refusal:
+            self.failures.authentication_failed(refusal)
+            raise
+
+    def _flushing_at_shutdown(self, receive: Receive) -> Receive:
+        """The lifespan's ``receive``: at shutdown, the open window's tallies are written first."""
+
+        async def receive_then_flush() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self._flush_failures(everything=True)
+            return message
+
+        return receive_then_flush
+
+    async def _flush_failures(self, *, everything: bool = False) -> None:
+        """Write the tallies of closed windows, or all (bounded; a failed write is logged by the audit)."""
+        try:
+            await self.context.run_storage(lambda: self.failures.flush(everything=everything), read=False)
+        except Exception:  # the request must not fail because its predecessors' audit could not be written
+            log.exception("could not flush the audit of refused requests")

@@ -15,6 +15,12 @@ is retried by the host; its last error is recorded as ``"<type>: <message>"``,
 so when the host moves it to the poison queue after ``maxDequeueCount``
 attempts its reason can still be listed.
 
+Attribution: every command is applied under a
+:class:`~shared.request_context.RequestContext` with source ``queue`` and the system
+actor ``queue`` (:data:`QUEUE_ACTOR`), with the queue message id as a correlation id.
+An envelope cannot name another actor: anyone who may send to the queue could then
+attribute changes to anyone, and nothing authenticates a claim (docs/commands.md).
+
 Storage: in the ``stowagecommands`` table, partition ``failure`` (row: SHA-256
 of the message) holds the last error of a failing message, and partitions
 ``applied|<tenant>`` the applied ``payload_ref`` commands (see
@@ -53,11 +59,14 @@ from shared.errors import (
 from shared.jsonvalues import MAX_JSON_DEPTH, parse_client_json
 from shared.keys import check_tenant
 from shared.models_base import StowageModel
+from shared.request_context import Actor, RequestContext, acting_as
 from shared.stores import Stores
 
 log = logging.getLogger(__name__)
 
 ENVELOPE_VERSION = 1
+#: Who queue commands are attributed to (envelopes carry no authenticated actor).
+QUEUE_ACTOR = Actor("system", "queue")
 _FAILURE_PARTITION = "failure"
 _APPLIED_PARTITION = "applied"
 # Errors no retry can fix: the message goes to the poison queue at once.
@@ -208,8 +217,10 @@ class CommandProcessor:
             reason = f"message body is not valid base64/UTF-8: {decode_error}"
             self.poison(body, reason, dequeue_count=dequeue_count, message_id=message_id)
             return Outcome("poisoned", reason)
+        context = RequestContext(actor=QUEUE_ACTOR, source="queue").with_ids(message_id=message_id[:128] or None)
         try:
-            return self._apply(body)
+            with acting_as(context):
+                return self._apply(body)
         except PoisonMessage as exc:
             self.poison(body, exc.reason, dequeue_count=dequeue_count, message_id=message_id)
             return Outcome("poisoned", exc.reason)

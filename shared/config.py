@@ -6,6 +6,8 @@ not set (the Functions Core Tools do the same). Every name is in shared.names.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from collections.abc import Mapping
@@ -59,6 +61,10 @@ class Settings:
     #: Signs continuation tokens (at least 16 characters). Unset: the backend keeps a
     #: generated one (local: ``<data_dir>/token-secret``; azure, aws: a blob).
     token_secret: str | None = field(default=None, repr=False)
+    #: Signs audit-log checkpoints: a base64 Ed25519 seed (32 bytes). Unset: one generated once and
+    #: kept create-only in blob ``system/audit-signing-key`` of ``stowage-data``; production should set
+    #: it (a Key Vault reference) so that whoever can write the storage cannot also sign. Kept out of ``repr``.
+    audit_signing_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -72,6 +78,13 @@ class Settings:
                                "must be positive")
         if self.token_secret is not None and len(self.token_secret.encode("utf-8")) < 16:
             raise InvalidInput(f"{names.SETTING_TOKEN_SECRET} must be at least 16 characters (or unset)")
+        if self.audit_signing_key is not None:
+            try:
+                seed = base64.b64decode(self.audit_signing_key.encode("ascii"), validate=True)
+            except (ValueError, binascii.Error) as exc:
+                raise InvalidInput(f"{names.SETTING_AUDIT_SIGNING_KEY} must be base64") from exc
+            if len(seed) != 32:
+                raise InvalidInput(f"{names.SETTING_AUDIT_SIGNING_KEY} must be a base64 32-byte Ed25519 seed")
         if self.offload_threshold_bytes > 48 * 1024:
             raise InvalidInput(f"{names.SETTING_OFFLOAD_THRESHOLD} must be at most 49152 (queue message limit)")
         if self.backend == "azure" and not (self.azure_connection_string or self.azure_account_name):
@@ -121,6 +134,7 @@ class Settings:
             aws_table_prefix=text(names.SETTING_AWS_TABLE_PREFIX) or defaults.aws_table_prefix,
             aws_queue_prefix=text(names.SETTING_AWS_QUEUE_PREFIX) or defaults.aws_queue_prefix,
             token_secret=text(names.SETTING_TOKEN_SECRET),
+            audit_signing_key=text(names.SETTING_AUDIT_SIGNING_KEY),
         )
 
 

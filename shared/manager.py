@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from typing import Self
 
 from shared.config import Settings
+from shared.domains.audit.client import AuditClient
+from shared.domains.audit.service import AuditService
 from shared.domains.checkpoints.client import CheckpointsClient
 from shared.domains.checkpoints.service import CheckpointService
 from shared.domains.memory.client import MemoryClient
@@ -43,7 +45,7 @@ from shared.domains.workflows.service import WorkflowService
 from shared.keys import check_tenant
 from shared.stores import Stores
 
-__all__ = ["CheckpointsClient", "MemoryClient", "ObjectsClient", "SessionsClient", "StorageManager", "WorkflowsClient",
+__all__ = ["AuditClient", "CheckpointsClient", "MemoryClient", "ObjectsClient", "SessionsClient", "StorageManager", "WorkflowsClient",
            "decode_value", "encode_value"]
 
 
@@ -68,6 +70,8 @@ class StorageManager:
     workflows: WorkflowsClient
     #: LangGraph-compatible checkpoints (:class:`~shared.domains.checkpoints.service.CheckpointService`).
     checkpoints: CheckpointsClient
+    #: The change feed and the audit log (:class:`~shared.domains.audit.service.AuditService`, tenant bound).
+    audit: AuditClient
 
     def __init__(self, stores: Stores, tenant: str = "default") -> None:
         self.stores = stores
@@ -77,6 +81,7 @@ class StorageManager:
         self.sessions = SessionsClient(SessionService(stores), self.tenant)
         self.workflows = WorkflowsClient(WorkflowService(stores), self.tenant)
         self.checkpoints = CheckpointsClient(CheckpointService(stores), self.tenant)
+        self.audit = AuditClient(AuditService(stores), self.tenant)
 
     @classmethod
     def from_env(cls, tenant: str = "default", environ: Mapping[str, str] | None = None) -> StorageManager:

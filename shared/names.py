@@ -15,6 +15,11 @@ CONTAINERS = (CONTAINER_DATA, CONTAINER_BACKUPS)
 # The continuation-token secret on azure and aws when STOWAGE_TOKEN_SECRET is not set:
 # a blob of CONTAINER_DATA, made create-only by the first instance that needs it.
 TOKEN_SECRET_BLOB = "system/token-secret"
+# The audit log's Ed25519 signing key (base64 seed) when STOWAGE_AUDIT_SIGNING_KEY is not set:
+# a blob of CONTAINER_DATA, made create-only by the first instance that needs it, on every backend.
+AUDIT_SIGNING_KEY_BLOB = "system/audit-signing-key"
+# Each tenant's audit log (C2SP tlog-tiles: checkpoint, tiles, entry bundles) in CONTAINER_DATA.
+AUDIT_LOG_PREFIX = "audit/"
 
 # Tables (DynamoDB: one table per name, with a prefix).
 TABLE_APIKEYS = "stowageapikeys"
@@ -26,10 +31,12 @@ TABLE_WORKFLOWS = "stowageworkflows"
 TABLE_CHECKPOINTS = "stowagecheckpoints"
 #: The change feed: outbox hints, per-tenant counters, sequenced changes (shared/storage/changefeed.py).
 TABLE_CHANGES = "stowagechanges"
+#: The audit domain: entry rows (details, salt, filter fields), cursors and leases (shared/domains/audit).
+TABLE_AUDIT = "stowageaudit"
 #: Tables of the platform itself; each domain's tables are named above and listed by its Domain.
 PLATFORM_TABLES = (TABLE_APIKEYS, TABLE_COMMANDS, TABLE_CHANGES)
 TABLES = (TABLE_APIKEYS, TABLE_OBJECTS, TABLE_COMMANDS, TABLE_MEMORY, TABLE_SESSIONS, TABLE_WORKFLOWS,
-          TABLE_CHECKPOINTS, TABLE_CHANGES)
+          TABLE_CHECKPOINTS, TABLE_CHANGES, TABLE_AUDIT)
 
 # Queues. The Functions host moves a message that failed maxDequeueCount times
 # to "<queue>-poison"; the local host does the same.
@@ -56,6 +63,8 @@ SETTING_AWS_BUCKET = "STOWAGE_AWS_BUCKET"
 SETTING_AWS_TABLE_PREFIX = "STOWAGE_AWS_TABLE_PREFIX"
 SETTING_AWS_QUEUE_PREFIX = "STOWAGE_AWS_QUEUE_PREFIX"
 SETTING_TOKEN_SECRET = "STOWAGE_TOKEN_SECRET"
+#: Base64 Ed25519 seed (32 bytes) that signs audit checkpoints; production: a Key Vault reference.
+SETTING_AUDIT_SIGNING_KEY = "STOWAGE_AUDIT_SIGNING_KEY"
 # The queue trigger's connection: "<prefix>__accountName" etc. in the cloud,
 # or a connection string locally. Both the host and our local poller read it.
 SETTING_QUEUE_CONNECTION = "STOWAGE_QUEUE_CONNECTION"
@@ -80,6 +89,7 @@ APP_SETTINGS = (
     SETTING_AWS_QUEUE_PREFIX,
     SETTING_QUEUE_CONNECTION,
     SETTING_TOKEN_SECRET,
+    SETTING_AUDIT_SIGNING_KEY,
 )
 
 # Settings the platform reads, not the app, that the infrastructure templates may declare

@@ -1,24 +1,42 @@
-"""What every service is built on: one backend, with the claim-check rule applied.
+"""What every service is built on: one backend, with the claim-check rule applied, and the change feed.
 
 Services take a :class:`Stores` and never import a concrete backend.
+
+:attr:`Stores.changes` is the one :class:`~shared.storage.changefeed.ChangeFeed` of
+these stores: its feed is the raw ``stowagechanges`` table (feed, counter and
+dedupe rows are small and never offloaded), and it reaches every table of
+:data:`shared.names.TABLES` through the offloading tables the services use, so the
+sequencer reads outbox rows exactly as they were written. :meth:`Stores.outbox`
+binds it to a tenant and a table for :func:`shared.storage.mutate.mutate`.
 """
 
 from __future__ import annotations
+
+import threading
 
 from shared import names
 from shared.backends import Backend, BlobStore, create_backend
 from shared.backends.offload import OffloadingQueue, OffloadingTable
 from shared.config import Settings
+from shared.storage.changefeed import ChangeFeed
+from shared.storage.mutate import Outbox
 
 
 class Stores:
-    """Hands out offloading tables and queues, and blob stores, from one backend."""
+    """Hands out offloading tables and queues, blob stores and the change feed, from one backend.
 
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    ``record_changes`` False makes :meth:`outbox` record nothing: only for the outbox
+    benchmark's baseline, never in the app (a change without its record breaks the feed).
+    """
+
+    def __init__(self, backend: Backend, settings: Settings, *, record_changes: bool = True) -> None:
         self.backend = backend
         self.settings = settings
+        self.record_changes = record_changes
         self._tables: dict[str, OffloadingTable] = {}
         self._queues: dict[str, OffloadingQueue] = {}
+        self._changes: ChangeFeed | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Stores:
@@ -30,10 +48,29 @@ class Stores:
     def table(self, name: str) -> OffloadingTable:
         table = self._tables.get(name)
         if table is None:
-            table = self._tables[name] = OffloadingTable(
-                self.backend.table(name), self.blobs(), self.settings.offload_threshold_bytes
-            )
+            with self._lock:
+                table = self._tables.get(name)
+                if table is None:
+                    table = self._tables[name] = OffloadingTable(
+                        self.backend.table(name), self.blobs(), self.settings.offload_threshold_bytes
+                    )
         return table
+
+    @property
+    def changes(self) -> ChangeFeed:
+        """The change feed: writers' outbox rows, the sequencer and the feed's readers (made once)."""
+        feed = self._changes
+        if feed is None:
+            tables = {name: self.table(name) for name in names.TABLES}
+            with self._lock:
+                if self._changes is None:
+                    self._changes = ChangeFeed(self.backend.table(names.TABLE_CHANGES), tables)
+                feed = self._changes
+        return feed
+
+    def outbox(self, tenant: str, table: str) -> Outbox:
+        """Where ``tenant``'s change records of changes in ``table`` go."""
+        return Outbox(self.changes if self.record_changes else None, tenant, table)
 
     def queue(self, name: str) -> OffloadingQueue:
         queue = self._queues.get(name)

@@ -103,6 +103,11 @@ def run_server(kind: str, request: pytest.FixtureRequest, data_dir: Path) -> Ite
                               capture_output=True, text=True, timeout=120)
         assert made.returncode == 0, made.stderr
         keys[tenant] = json.loads(made.stdout)["api_key"]
+    # A key with every scope for the first tenant, for what must reach the admin routes (schemathesis).
+    made = subprocess.run([STOWAGE, "keys", "create", "--tenant", TENANTS[0], "--scope", "read,write,admin", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    keys[f"{TENANTS[0]}-admin"] = json.loads(made.stdout)["api_key"]
     log = open(data_dir / "server.log", "w")
     # No timers: the emulators are shared with service tests that drive the same timer code with
     # explicit clocks, and a real timer firing mid-run would act on their data.

@@ -18,7 +18,8 @@ from cli.host import LocalHost, QueueSettings, asgi_app_of
 ROOT = Path(__file__).resolve().parents[1]
 TIMERS = {"purge_expired_objects": "30 */5 * * * *", "expire_idle_sessions": "45 */5 * * * *",
           "finish_thread_deletions": "15 */10 * * * *", "process_due_workflows": "5 * * * * *",
-          "sweep_offloaded_blobs": "0 20 * * * *"}
+          "sweep_offloaded_blobs": "0 20 * * * *",
+          "sequence_changes": "15 * * * * *"}
 
 
 INDEXED = function_app.app.get_functions()  # the host indexes once; a second call raises

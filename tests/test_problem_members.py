@@ -48,7 +48,9 @@ def _shared_errors() -> list[type[StowageError]]:
 
 
 def test_every_error_class_in_shared_has_a_type_of_its_own():
-    classes = _shared_errors()
+    # A subclass that names neither a title nor a type is its parent's problem, refined for the
+    # server's own use (e.g. KeyRefused keeps the reason a 401 must not reveal): not a type of its own.
+    classes = [cls for cls in _shared_errors() if "title" in vars(cls) or "type_slug" in vars(cls)]
     slugs: dict[str, list[str]] = {}
     for cls in classes:
         slugs.setdefault(cls.type_slug, []).append(cls.__qualname__)

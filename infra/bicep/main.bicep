@@ -104,6 +104,7 @@ var tableNames = [
   'stowageworkflows'
   'stowagecheckpoints'
   'stowagechanges'
+  'stowageaudit'
 ]
 // The Functions host moves a message that failed maxDequeueCount times to "<queue>-poison".
 var queueNames = [

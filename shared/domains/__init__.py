@@ -13,8 +13,9 @@ from shared.domains.memory import DOMAIN as MEMORY
 from shared.domains.sessions import DOMAIN as SESSIONS
 from shared.domains.workflows import DOMAIN as WORKFLOWS
 from shared.domains.checkpoints import DOMAIN as CHECKPOINTS
+from shared.domains.audit import DOMAIN as AUDIT
 
-DOMAINS: tuple[Domain, ...] = (OBJECTS, MEMORY, SESSIONS, WORKFLOWS, CHECKPOINTS)
+DOMAINS: tuple[Domain, ...] = (OBJECTS, MEMORY, SESSIONS, WORKFLOWS, CHECKPOINTS, AUDIT)
 
 
 def domain(name: str) -> Domain:

@@ -260,6 +260,22 @@ def _seq_key(seq: int) -> str:
     return f"{FEED_PREFIX}{seq:0{_SEQ_DIGITS}d}"
 
 
+def _tenant_rows(table: OutboxTable, partition: str, tenant: str, limit: int) -> list[Entity]:
+    """Up to ``limit`` pending outbox rows of ``tenant`` in ``partition``, oldest first."""
+    rows: list[Entity] = []
+    token: str | None = None
+    while True:
+        page = table.query(partition, prefix=OUTBOX_PREFIX, limit=MAX_PAGE, continuation=token)
+        for row in page.items:
+            if row.get("tenant") == tenant:
+                rows.append(row)
+                if len(rows) == limit:
+                    return rows
+        token = page.continuation
+        if token is None:
+            return rows
+
+
 def _record_id(row: Entity) -> str:
     return row.row_key[len(OUTBOX_PREFIX):]
 
@@ -395,7 +411,7 @@ class ChangeFeed:
             return False
         turn.visited = True
         left = self.quantum if budget.items is None else min(self.quantum, budget.items - budget.spent)
-        pending = self._read_pending(page.items, left, now, report)
+        pending = self._read_pending(turn.tenant, page.items, left, now, report)
         if not pending:
             return page.continuation is not None
         full = any(len(p.rows) == left for p in pending)
@@ -416,7 +432,13 @@ class ChangeFeed:
         report.recovered += len(recovered)
         return full or page.continuation is not None or sum(len(p.rows) for p in pending) > len(sequenced)
 
-    def _read_pending(self, hints: list[Entity], limit: int, now: float, report: SequenceReport) -> list[_Pending]:
+    def _read_pending(self, tenant: str, hints: list[Entity], limit: int, now: float,
+                      report: SequenceReport) -> list[_Pending]:
+        """The tenant's pending outbox rows, oldest first per hinted partition.
+
+        Only rows that name this tenant are taken: a partition shared by several tenants
+        (each files its own hint for it) never puts one tenant's records in another's feed.
+        """
         pending: list[_Pending] = []
         for hint in hints:
             table_name = str(hint.get("table", ""))
@@ -426,7 +448,7 @@ class ChangeFeed:
                 log.warning("change feed hint %s names table %r, which this sequencer was not given",
                             hint.row_key, table_name)
                 continue
-            rows = table.query(partition, prefix=OUTBOX_PREFIX, limit=limit).items
+            rows = _tenant_rows(table, partition, tenant, limit)
             if rows:
                 pending.append(_Pending(hint, table_name, table, partition, rows))
             elif now - float(hint.get("at", now)) >= self.grace:
@@ -450,7 +472,7 @@ class ChangeFeed:
         """
         if retrying:
             for p in pending:
-                p.rows = p.table.query(p.partition, prefix=OUTBOX_PREFIX, limit=limit).items
+                p.rows = _tenant_rows(p.table, p.partition, tenant, limit)
         counter = self._find(tenant, COUNTER_ROW)
         chosen = self._merge(pending, limit)
         recovered: list[tuple[_Pending, Entity]] = []
@@ -623,7 +645,7 @@ class ChangeFeed:
                     break
                 page = table.query(str(hint["partition"]), prefix=OUTBOX_PREFIX, limit=min(room, MAX_PAGE),
                                    continuation=token)
-                pending += len(page.items)
+                pending += sum(1 for row in page.items if row.get("tenant") == tenant)
                 token = page.continuation
                 if token is None:
                     break

@@ -16,24 +16,38 @@ Each attempt:
 3. ``decide(state)``: pure, returns the operations to write and the result, or
    raises a permanent error (not found, illegal transition, a client's stale
    If-Match) that ends the mutation;
-4. write the operations and the marker as one atomic batch on ``partition``,
-   the operations conditional on the ETags read.
+4. write the operations, the change record (an outbox row of
+   :mod:`shared.storage.changefeed`, when ``record`` is given) and the marker as one
+   atomic batch on ``partition``, the operations conditional on the ETags read.
+
+A decision without operations (nothing to change) writes nothing: no marker and no
+change record; nor does a replay. The change record's actor and context are those
+of :func:`shared.request_context.current` when the batch is written.
 
 A write that loses a race (ETag moved, row created or deleted meanwhile,
 transaction conflict) starts the next attempt under :mod:`shared.storage.retry`;
 out of attempts, :class:`~shared.errors.Busy`. Crash behaviour: the batch is
-atomic, so a crash leaves either nothing or the change with its marker.
+atomic, so a crash leaves either nothing or the change with its marker and its
+change record.
+
+Cost of the change record: one more entity in the batch, so a change of one row
+becomes a batch of two (on DynamoDB a ``TransactWriteItems`` of two items, 2 WCU
+each per KB, instead of one plain write of 1 WCU), and a hint write in the feed
+table at most every ``grace / 2`` per partition and process
+(:meth:`~shared.storage.changefeed.ChangeFeed.outbox_op`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
+from shared import request_context
 from shared.backends import Entity, OpKind, TableOp
 from shared.errors import NotFound
+from shared.storage.changefeed import ChangeFeed, ChangeRecord
 from shared.storage.idempotency import Idempotency, lookup, marker_op
 from shared.storage.retry import DEFAULT_POLICY, RetryPolicy, conditional, retry_races
 
@@ -84,6 +98,35 @@ class Codec(Generic[R]):
     decode: Callable[[Any], R] = field(default=lambda stored: stored)
 
 
+@dataclass(frozen=True)
+class Outbox:
+    """Where one tenant's change records go: the change feed, and the table the changes are in.
+
+    ``feed`` None records nothing: only the outbox benchmark's baseline runs that way.
+    """
+
+    feed: ChangeFeed | None
+    tenant: str
+    table: str
+
+    def ops(self, partition: str, record: ChangeRecord | None) -> list[TableOp]:
+        """The outbox insert of ``record`` for the batch that changes ``partition`` (none without a record).
+
+        Files the feed's hint first (a write); the actor and context, unless the record
+        names them, are :func:`shared.request_context.current`'s now.
+        """
+        if self.feed is None or record is None:
+            return []
+        context = request_context.current()
+        record = replace(record, actor=record.actor or context.actor.as_json(),
+                         context=record.context or context.as_json())
+        return [self.feed.outbox_op(self.tenant, self.table, partition, record)]
+
+
+#: A mutation's change record: given, or made from the result (None: no record).
+RecordOf = ChangeRecord | Callable[[R], ChangeRecord | None]
+
+
 def find(table: Rows, partition: str, row: str) -> Entity | None:
     """The row, or None when it does not exist."""
     try:
@@ -111,10 +154,17 @@ def write(table: Rows, ops: Sequence[TableOp]) -> None:
 
 def mutate(table: Rows, *, partition: str, read: Callable[[], S], decide: Callable[[S], Change[R]], what: str,
            idempotency: Idempotency | None = None, codec: Codec[R] | None = None,
+           outbox: Outbox | None = None, record: RecordOf[R] | None = None,
            policy: RetryPolicy = DEFAULT_POLICY, sleep: Callable[[float], None] = time.sleep,
            clock: Callable[[], float] = time.time) -> Outcome[R]:
-    """Apply ``decide(read())`` atomically on ``partition``; see the module docstring."""
+    """Apply ``decide(read())`` atomically on ``partition``; see the module docstring.
+
+    ``record`` (with ``outbox``): the change record written with a decision that has
+    operations, as given or made from the decision's result.
+    """
     codec = codec or Codec()
+    if record is not None and outbox is None:
+        raise ValueError("a change record needs an outbox")
 
     def attempt() -> Outcome[R]:
         if idempotency is not None:
@@ -123,6 +173,8 @@ def mutate(table: Rows, *, partition: str, read: Callable[[], S], decide: Callab
                 return Outcome(codec.decode(replay.result), replayed=True, status=replay.status)
         change = decide(read())
         ops = list(change.ops)
+        if ops and outbox is not None and record is not None:
+            ops += outbox.ops(partition, record(change.result) if callable(record) else record)
         if idempotency is not None:
             ops.append(marker_op(partition, idempotency, codec.encode(change.result), status=change.status,
                                  clock=clock))

@@ -620,6 +620,75 @@ class CheckpointsProbe(Probe):
         raise NoSample(op)
 
 
+# --------------------------------------------------------------------------- audit
+
+
+class AuditProbe(Probe):
+    """Audit entries are made by the sequencer from change records; the probe records events of its own
+    (``AuditService.record``) and sequences them, so it needs no other domain's wiring."""
+
+    def __init__(self) -> None:
+        super().__init__("audit", jobs={"sequence_changes": JobProbe(
+            "sequence_changes", self._make_records, self._unaudited, self._entries_snapshot)})
+
+    @staticmethod
+    def _record(service: Any, tenant: str, target: str, audited: bool = True) -> None:
+        service.record(tenant, "contract", "touch", "item", target, details={"target": target}, audited=audited)
+
+    def populate(self, service: Any, tenant: str, seed: str) -> dict[str, Any]:
+        for name in ("a", "b"):
+            self._record(service, tenant, f"{seed}{name}")
+        self._record(service, tenant, f"{seed}quiet", audited=False)
+        service.sequence_changes(tenant)
+        return {"first": 1, "second": 2}
+
+    def read(self, service: Any, tenant: str, ref: dict[str, Any]) -> Any:
+        entries = drain(lambda c, n: service.entries(tenant, limit=n, continuation=c))
+        return service.checkpoint(tenant), plain(entries), plain(service.entry(tenant, ref["first"]))
+
+    def listings(self, service: Any, tenant: str, ref: dict[str, Any]) -> dict[str, Listing]:
+        return {
+            "entries": lambda c, n: service.entries(tenant, limit=n, continuation=c),
+            "entries by category": lambda c, n: service.entries(tenant, category="data_access", limit=n,
+                                                                continuation=c),
+            "changes": lambda c, n: service.changes(tenant, limit=n, continuation=c),
+        }
+
+    def intrusions(self, service: Any, tenant: str, ref: dict[str, Any]) -> dict[str, Intrusion]:
+        first = ref["first"]
+        return {
+            "entry": Intrusion(lambda: service.entry(tenant, first)),
+            "checkpoint": Intrusion(lambda: service.checkpoint(tenant)),
+            "consistency": Intrusion(lambda: service.consistency(tenant, 1, 2)),
+            "erase_details": Intrusion(lambda: service.erase_details(tenant, first)),
+        }
+
+    def foreign_ops(self, ref: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def prepare(self, service: Any, tenant: str, seed: str, op: str) -> OpSample:
+        raise NoSample(op)
+
+    # -- sequence_changes
+
+    @staticmethod
+    def _targets(seed: str, n: int = 3) -> list[str]:
+        return [f"due{seed}{i}" for i in range(n)]
+
+    def _make_records(self, service: Any, stores: Any, tenant: str, seed: str, n: int) -> float | None:
+        for target in self._targets(seed, n):
+            self._record(service, tenant, target)
+        return 0.0
+
+    def _unaudited(self, service: Any, stores: Any, tenant: str, seed: str) -> int:
+        audited = {entry.target["id"] for entry in drain(lambda c, n: service.entries(tenant, limit=n, continuation=c))}
+        return sum(1 for target in self._targets(seed) if target not in audited)
+
+    def _entries_snapshot(self, service: Any, stores: Any, tenant: str, seed: str) -> Any:
+        entries = drain(lambda c, n: service.entries(tenant, limit=n, continuation=c))
+        return plain(entries), plain(service.changes(tenant, limit=1000).items)
+
+
 #: One probe per registered domain, by domain name. A domain missing here fails the contract suite.
 PROBES: dict[str, Probe] = {probe.domain: probe for probe in (
-    ObjectsProbe(), MemoryProbe(), SessionsProbe(), WorkflowsProbe(), CheckpointsProbe())}
+    ObjectsProbe(), MemoryProbe(), SessionsProbe(), WorkflowsProbe(), CheckpointsProbe(), AuditProbe())}

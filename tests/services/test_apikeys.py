@@ -41,7 +41,7 @@ def test_scopes_domains_actor_and_roles_are_kept(keys):
     assert info.scopes == ("read", "admin") and info.domains == ("objects", "memory")
     principal = keys.authenticate(key)
     assert principal.scopes == {"read", "admin"} and principal.domains == {"objects", "memory"}
-    assert principal.actor == "Ada Lovelace" and principal.roles == ("reviewer", "ops:oncall")
+    assert principal.actor_name == "Ada Lovelace" and principal.roles == ("reviewer", "ops:oncall")
     (listed,) = keys.list(tenant)
     assert (listed.scopes, listed.domains, listed.actor, listed.roles) == (
         ("read", "admin"), ("objects", "memory"), "Ada Lovelace", ("reviewer", "ops:oncall"))
@@ -109,9 +109,32 @@ def test_a_key_stored_before_scopes_existed_still_reads_and_writes(keys, stores)
         "created_at": "2024-01-01T00:00:00+00:00"}))
     principal = keys.authenticate(key)
     assert principal.tenant == tenant and principal.scopes == {"read", "write"} and principal.domains is None
-    assert principal.actor is None and principal.roles == ()
+    assert principal.actor_name is None and principal.roles == ()
     (info,) = keys.list(tenant)
     assert (info.scopes, info.domains, info.label) == (("read", "write"), None, "old")
     keys.revoke(key_id)
     with pytest.raises(Unauthorized):
         keys.authenticate(key)
+
+
+def test_the_principal_names_its_actor_for_the_audit_log(keys):
+    from shared.request_context import Actor
+
+    tenant = _tenant()
+    _, key = keys.create(tenant, actor_name="Ada", actor_type="user", actor_id="ada@example.com", roles="ops")
+    assert keys.authenticate(key).actor() == Actor("user", "ada@example.com", "Ada", ("ops",))
+    (listed,) = keys.list(tenant)
+    assert (listed.actor_type, listed.actor_id, listed.actor_name) == ("user", "ada@example.com", "Ada")
+    plain, plain_key = keys.create(tenant)
+    assert keys.authenticate(plain_key).actor() == Actor("agent", plain.key_id)  # a program, by default
+
+
+@pytest.mark.parametrize("options", [
+    {"actor_type": "system"}, {"actor_type": "User"}, {"actor_id": ""}, {"actor_id": "a b"}, {"actor_id": "x" * 129},
+    {"actor": "A", "actor_name": "B"},
+])
+def test_invalid_actors_are_refused_and_nothing_is_stored(keys, options):
+    tenant = _tenant()
+    with pytest.raises(InvalidInput):
+        keys.create(tenant, **options)
+    assert keys.list(tenant) == []

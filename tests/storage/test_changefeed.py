@@ -213,6 +213,25 @@ def test_many_partitions_and_tables_each_partition_in_its_order_tenants_apart(ba
         assert changes == sorted(changes, key=lambda c: (c.at, c.id))  # one batch: merged by time
 
 
+def test_a_partition_shared_by_two_tenants_feeds_each_tenant_only_its_own_records(feed_table, domain_table) -> None:
+    # Platform tables (API keys) keep several tenants' rows in one partition.
+    clock = Clock()
+    feed = ChangeFeed(feed_table, {domain_table.name: domain_table}, clock=clock)
+    for n in range(3):
+        clock.now += 1
+        _change(feed, domain_table, "acme", "shared", f"a{n}")
+        _change(feed, domain_table, "globex", "shared", f"g{n}")
+    assert (feed.status("acme").pending, feed.status("globex").pending) == (3, 3)
+    feed.sequence("acme", budget=_budget())
+    assert [c.target_id for c in _all_changes(feed, "acme")] == ["key-a0", "key-a1", "key-a2"]
+    assert _all_changes(feed, "globex") == []
+    assert {row.get("tenant") for row in _outbox(domain_table, "shared")} == {"globex"}
+    feed.sequence(budget=_budget())
+    assert [c.target_id for c in _all_changes(feed, "globex")] == ["key-g0", "key-g1", "key-g2"]
+    assert [c.seq for c in _all_changes(feed, "acme")] == [1, 2, 3]
+    assert _outbox(domain_table, "shared") == []
+
+
 def test_a_page_token_works_only_for_its_own_tenant(feed_table, domain_table) -> None:
     feed = ChangeFeed(feed_table, {domain_table.name: domain_table}, clock=Clock())
     for n in range(5):

@@ -182,3 +182,99 @@ def test_one_operation_is_a_plain_write_and_several_are_one_batch(table: TableSt
     write(Spy(), [TableOp.delete(PK, "two")])
     assert calls == ["insert", "batch", "update", "update", "delete"]
     assert table.get(PK, "one")["n"] == 4 and table.get(PK, "three")["n"] == 3
+
+
+# --------------------------------------------------------------------------- change records (issue 11)
+
+
+def _feed(backend, table: TableStore):
+    import uuid
+
+    from shared.storage.changefeed import ChangeFeed
+
+    name = "f" + uuid.uuid4().hex[:12]
+    backend.ensure(tables=[name])
+    return ChangeFeed(backend.table(name), {table.name: table})
+
+
+def _outbox_rows(table: TableStore) -> list[Entity]:
+    from shared.storage.changefeed import OUTBOX_PREFIX
+
+    return list(table.query_all(PK, prefix=OUTBOX_PREFIX))
+
+
+def _recorded(table: TableStore, feed, *, by: int = 1, idempotency: Idempotency | None = None,
+              fail: type[Exception] | None = None, noop: bool = False):
+    from shared.storage.changefeed import ChangeRecord
+    from shared.storage.mutate import Outbox
+
+    def decide(row: Entity | None) -> Change[int]:
+        if noop:
+            return Change([], 0)
+        value = (int(row["n"]) if row is not None else 0) + by
+        new = Entity(PK, "c", {"n": value})
+        op = TableOp.insert(new) if row is None else TableOp.update(new, if_match=row.etag)
+        if fail is not None:  # a second op that refuses the whole batch
+            op2 = TableOp.update(Entity(PK, "absent", {"n": 1}), if_match="nope")
+            return Change([op, op2], value)
+        return Change([op], value)
+
+    return mutate(table, partition=PK, read=lambda: find(table, PK, "c"), decide=decide, what="counter",
+                  idempotency=idempotency, outbox=Outbox(feed, "tenant-a", table.name),
+                  record=lambda value: ChangeRecord("counters", "counters.add", "counter", "c",
+                                                    details={"value": value}),
+                  policy=RetryPolicy(attempts=2, base=0.0, cap=0.0))
+
+
+def test_a_change_record_is_written_in_the_batch_of_its_change_with_the_current_actor(backend, table) -> None:
+    from shared.request_context import Actor, RequestContext, acting_as
+
+    feed = _feed(backend, table)
+    batches: list[list[str]] = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(table, name)
+
+        def batch(self, ops):
+            batches.append([op.entity.row_key for op in ops])
+            return table.batch(ops)
+
+    actor = Actor("user", "u-1", "Ada", ("admin",))
+    with acting_as(RequestContext(actor=actor, source="http", trace_id="a" * 32, span_id="b" * 16)):
+        assert _recorded(Spy(), feed, by=3).result == 3  # type: ignore[arg-type]
+    assert len(batches) == 1 and batches[0][0] == "c" and batches[0][1].startswith("~outbox|")  # one op + record
+    [row] = _outbox_rows(table)
+    assert (row["domain"], row["op"], row["target_id"], row["audited"]) == ("counters", "counters.add", "c", True)
+    assert '"id":"u-1"' in row["actor"] and '"trace_id":"' + "a" * 32 in row["context"]
+    assert feed.sequence("tenant-a").total == 1
+    [change] = feed.changes("tenant-a").items
+    assert (change.seq, change.details, change.actor["name"]) == (1, {"value": 3}, "Ada")
+    assert _outbox_rows(table) == []
+
+
+def test_a_failed_batch_leaves_no_record_and_a_no_op_or_replay_writes_none(backend, table) -> None:
+    feed = _feed(backend, table)
+    with pytest.raises((Busy, PreconditionFailed, Conflict)):
+        _recorded(table, feed, fail=PreconditionFailed)
+    assert _outbox_rows(table) == [] and find(table, PK, "c") is None
+    assert _recorded(table, feed, noop=True).result == 0
+    assert _outbox_rows(table) == []
+    key = Idempotency.of("k-1", "counters.add", {"by": 2})
+    first = _recorded(table, feed, by=2, idempotency=key)
+    again = _recorded(table, feed, by=2, idempotency=key)
+    assert (first.replayed, again.replayed, again.result) == (False, True, 2)
+    assert len(_outbox_rows(table)) == 1  # the first application's only
+    assert feed.sequence("tenant-a").total == 1 and feed.sequence("tenant-a").total == 0
+
+
+def test_without_a_feed_the_outbox_records_nothing_and_a_record_needs_an_outbox(table) -> None:
+    from shared.storage.changefeed import ChangeRecord
+    from shared.storage.mutate import Outbox
+
+    assert Outbox(None, "tenant-a", table.name).ops(PK, ChangeRecord("d", "d.op", "t", "x")) == []
+    assert _recorded(table, None, by=1).result == 1
+    assert _outbox_rows(table) == []
+    with pytest.raises(ValueError):
+        mutate(table, partition=PK, read=lambda: None, decide=lambda _: Change([], 0), what="x",
+               record=ChangeRecord("d", "d.op", "t", "x"))

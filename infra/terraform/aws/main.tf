@@ -23,6 +23,7 @@ locals {
     "stowageworkflows",
     "stowagecheckpoints",
     "stowagechanges",
+    "stowageaudit",
   ]
   # Work queues; each gets "<name>-poison" as its dead-letter queue below.
   queues = [

@@ -25,6 +25,7 @@ locals {
     "stowageworkflows",
     "stowagecheckpoints",
     "stowagechanges",
+    "stowageaudit",
   ]
   # The Functions host moves a message that failed maxDequeueCount times to "<queue>-poison".
   queues = [

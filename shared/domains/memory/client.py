@@ -69,7 +69,7 @@ class MemoryClient:
 
     def add_messages(self, thread_id: str, messages: Sequence[dict[str, Any] | NewMessage], *,
                      idempotency_key: str | None = None) -> list[Message]:
-        """Append up to 98 messages atomically; they get consecutive seqs after the thread's last."""
+        """Append up to 97 messages atomically; they get consecutive seqs after the thread's last."""
         return self._service.add_messages(self._tenant, thread_id, messages, idempotency_key=idempotency_key)
 
     def add_messages_outcome(self, thread_id: str, messages: Sequence[dict[str, Any] | NewMessage], *,

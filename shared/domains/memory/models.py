@@ -16,8 +16,8 @@ from shared.models_base import RequestBodyModel
 
 #: Largest content of one message (UTF-8 text, or JSON parts serialised), checked before writing.
 MAX_CONTENT_BYTES = 8 * 1024 * 1024
-#: Messages per add_messages call: with the thread entity and an idempotency marker, one batch.
-MAX_MESSAGES_PER_CALL = MAX_BATCH_OPERATIONS - 2
+#: Messages per add_messages call: with the thread entity, an idempotency marker and the change record, one batch.
+MAX_MESSAGES_PER_CALL = MAX_BATCH_OPERATIONS - 3
 #: Largest metadata of a thread or a message, as JSON.
 MAX_METADATA_BYTES = 8 * 1024
 #: Longest title of a thread, in characters.

@@ -50,6 +50,15 @@ Guarantees:
   timer (:mod:`shared.domains.memory.jobs`, fair across tenants) finishes the job;
   a record filed by a delete that then lost its race is removed again (a crash
   in between leaves a record the timer drops, finding no thread marked with it).
+* Change records (:mod:`shared.storage.changefeed`): every change writes one in
+  its own batch, in the thread's partition: ``memory.create_thread``,
+  ``memory.update_thread``, ``memory.add_messages`` (the seqs and a SHA-256 of the
+  messages, never their content), ``memory.update_message``, ``memory.delete_message``,
+  and ``memory.delete_thread`` in the batch that marks the thread ``deleting`` (the
+  chunks after it record nothing). Replays and refused writes record nothing.
+  Outbox rows (``~outbox|``) sort after ``thread``, so a thread delete (rows before
+  ``thread``) and every read (message ranges, markers by key) leave them to the
+  sequencer, which deletes them once sequenced.
 * Content of any size up to :data:`MAX_CONTENT_BYTES` is stored whole: the
   offload layer moves values over its threshold to blobs, written before the
   batch that refers to them. Sizes and values (valid Unicode, nesting bounded:
@@ -77,6 +86,7 @@ from shared.backends.base import (
     property_size,
     wire_size,
 )
+from shared.domains.domain import change_record
 from shared.domains.memory._layout import (
     DELETING_PREFIX,
     FMT,
@@ -126,9 +136,10 @@ from shared.domains.memory.models import (
 from shared.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed, TooLarge
 from shared.jsonvalues import check_json_value
 from shared.keys import check_id, check_tenant
+from shared.storage.changefeed import ChangeRecord, canonical_digest
 from shared.storage.due import Budget, DueIndex
 from shared.storage.idempotency import Idempotency, IdempotencyKeyReused, lookup, marker_op
-from shared.storage.mutate import Outcome, find
+from shared.storage.mutate import Outbox, Outcome, find
 from shared.storage.retry import LostRace, conditional, retry_races
 from shared.storage.rows import json_field, stamped, stored_time
 from shared.stores import Stores
@@ -196,6 +207,8 @@ class _Write(Generic[R]):
     #: The result as the idempotency marker keeps it (JSON).
     stored: Any
     status: int = 200
+    #: The change record written with the operations.
+    record: ChangeRecord | None = None
 
 
 class MemoryService:
@@ -205,6 +218,7 @@ class MemoryService:
         #: Every row goes through the offload layer (index entries and deletion records
         #: never hold large values, so it passes them through as they are).
         self._table = stores.table(names.TABLE_MEMORY)
+        self._stores = stores
         self._offload_threshold = stores.settings.offload_threshold_bytes
         #: Thread deletes in progress, for the timer that finishes interrupted ones.
         self._deletions = DueIndex(self._table, DELETING_PREFIX, quantum=_DELETION_QUANTUM,
@@ -213,7 +227,10 @@ class MemoryService:
 
     # -- the one write path
 
-    def _write(self, partition: str, *, read: Callable[[], S], decide: Callable[[S], _Write[R]],
+    def _outbox(self, tenant: str) -> Outbox:
+        return self._stores.outbox(tenant, names.TABLE_MEMORY)
+
+    def _write(self, tenant: str, partition: str, *, read: Callable[[], S], decide: Callable[[S], _Write[R]],
                what: str, idempotency: Idempotency | None, replay: Callable[[Any], R],
                looked_up: bool = False) -> Outcome[R]:
         """Read, decide, write ``decide(read())`` with the marker as one conditional batch, retrying lost races.
@@ -232,6 +249,8 @@ class MemoryService:
                     return Outcome(replay(found[1]), replayed=True, status=found[0])
             write = decide(read())
             ops = list(write.ops)
+            if ops:
+                ops += self._outbox(tenant).ops(partition, write.record)
             if idempotency is not None:
                 ops.append(marker_op(partition, idempotency, write.stored, status=write.status))
             with conditional():
@@ -395,15 +414,22 @@ class MemoryService:
                 if found_row.get("deleting"):
                     raise LostRace(f"thread {new_id!r} is being deleted")
                 raise ThreadAlreadyExists(new_id)
+            details: dict[str, Any] = {"resource": resource}
+            if title is not None:
+                details["title_sha256"] = canonical_digest(title)
+            if metadata:
+                details["metadata_sha256"] = canonical_digest(metadata)
             return _Write([TableOp.insert(row)], lambda etags: thread_of(new_id, row, etags[0]),
-                          thread_json(thread_of(new_id, row, "")), status=201)
+                          thread_json(thread_of(new_id, row, "")), status=201,
+                          record=change_record("memory", "memory.create_thread", "thread", new_id, details))
 
         # The first attempt decides on the read above (nothing there, or purged just now).
         first_read: list[Entity | None] = [None]
         # Index first: a crash before the thread leaves an entry listings skip, never an unlisted thread.
         self._table.insert(Entity(entry_pk, entry_rk, stamped({"thread_id": new_id, "created_at": now}, FMT)))
         try:
-            outcome = self._write(pk, read=lambda: first_read.pop() if first_read else find(self._table, pk, THREAD_ROW),
+            outcome = self._write(tenant, pk,
+                                  read=lambda: first_read.pop() if first_read else find(self._table, pk, THREAD_ROW),
                                   decide=decide, what=f"thread {new_id!r}", idempotency=idempotency, replay=replay,
                                   looked_up=True)
         except AlreadyExists:
@@ -452,9 +478,12 @@ class MemoryService:
                 raise ThreadChanged(thread_id, if_match, public_etag(thread.etag))
             properties = stamped({**thread.properties, **changes, "updated_at": _now_after(thread)}, FMT)
             entity = Entity(thread.partition_key, THREAD_ROW, properties, thread.etag, thread.offloaded)
+            details = {f"{name}_sha256": canonical_digest(value) for name, value in
+                       (("title", title), ("metadata", metadata)) if value is not ...}
             return _Write([TableOp.update(entity, if_match=thread.etag)],
                           lambda etags: thread_of(thread_id, entity, etags[0]),
-                          thread_json(thread_of(thread_id, entity, "")))
+                          thread_json(thread_of(thread_id, entity, "")),
+                          record=change_record("memory", "memory.update_thread", "thread", thread_id, details))
 
         def replay(stored: Any) -> Thread:
             try:
@@ -462,7 +491,7 @@ class MemoryService:
             except NotFound:
                 return thread_from_json(stored)
 
-        return self._write(thread_pk(tenant, thread_id), read=lambda: self._live_thread(tenant, thread_id),
+        return self._write(tenant, thread_pk(tenant, thread_id), read=lambda: self._live_thread(tenant, thread_id),
                            decide=decide, what=f"thread {thread_id!r}", idempotency=idempotency, replay=replay)
 
     def delete_thread(self, tenant: str, thread_id: str, *, idempotency_key: str | None = None) -> None:
@@ -530,6 +559,9 @@ class MemoryService:
                 properties["deleted_marker"] = idempotency.row_key
                 ops.append(marker_op(pk, idempotency, None, status=204))
             marked = Entity(pk, THREAD_ROW, properties, current.etag, current.offloaded)
+            record = change_record("memory", "memory.delete_thread", "thread", thread_id, {
+                "resource": str(current.get("resource")), "message_count": integer(current, "message_count")})
+            ops += self._outbox(tenant).ops(pk, record)
             try:
                 with conditional():
                     self._put([TableOp.update(marked, if_match=current.etag), *ops])
@@ -701,7 +733,7 @@ class MemoryService:
 
     def add_messages(self, tenant: str, thread_id: str, messages: Sequence[dict[str, Any] | NewMessage], *,
                      idempotency_key: str | None = None) -> list[Message]:
-        """Append up to 98 messages atomically; they get consecutive seqs after the thread's last.
+        """Append up to 97 messages atomically; they get consecutive seqs after the thread's last.
 
         A retry with the same ``idempotency_key`` (and the same messages) returns
         the messages the first call appended (those not deleted since) without
@@ -751,15 +783,18 @@ class MemoryService:
             head = Entity(pk, THREAD_ROW, stamped({**thread.properties, "last_seq": last, "updated_at": now,
                                                    "message_count": integer(thread, "message_count") + len(prepared)},
                                                   FMT), thread.etag, thread.offloaded)
+            record = change_record("memory", "memory.add_messages", "thread", thread_id, {
+                "first": first, "last": last, "count": len(prepared),
+                "sha256": canonical_digest([p.request for p in prepared])})
             return _Write([TableOp.update(head, if_match=thread.etag)] + [TableOp.insert(e) for e in entities],
                           lambda etags: [message_of(thread_id, e, etag) for e, etag in zip(entities, etags[1:])],
-                          {"first": first, "last": last}, status=201)
+                          {"first": first, "last": last}, status=201, record=record)
 
         def replay(stored: Any) -> list[Message]:
             return self._messages_between(pk, thread_id, int(stored["first"]), int(stored["last"]))
 
-        return self._write(pk, read=read, decide=decide, what=f"thread {thread_id!r}", idempotency=idempotency,
-                           replay=replay)
+        return self._write(tenant, pk, read=read, decide=decide, what=f"thread {thread_id!r}",
+                           idempotency=idempotency, replay=replay)
 
     def _check_parents(self, pk: str, prepared: list[_Prepared]) -> None:
         for parent_seq in {p.parent_seq for p in prepared if p.parent_seq is not None}:
@@ -814,9 +849,13 @@ class MemoryService:
             edited = Entity(message.partition_key, message.row_key,
                             stamped({**message.properties, **changes, "updated_at": now}, FMT),
                             message.etag, message.offloaded)
+            details: dict[str, Any] = {"thread_id": thread_id, "seq": seq_of_message_id(message_id)}
+            details.update({f"{name}_sha256": canonical_digest(value) for name, value in
+                            (("content", content), ("metadata", metadata)) if value is not ...})
             return _Write([TableOp.update(edited, if_match=message.etag), self._touch(thread, now, 0)],
                           lambda etags: message_of(thread_id, edited, etags[0]),
-                          message_json(message_of(thread_id, edited, "")))
+                          message_json(message_of(thread_id, edited, "")),
+                          record=change_record("memory", "memory.update_message", "message", message_id, details))
 
         def replay(stored: Any) -> Message:
             try:
@@ -824,7 +863,7 @@ class MemoryService:
             except NotFound:
                 return message_from_json(stored)
 
-        return self._write(thread_pk(tenant, thread_id),
+        return self._write(tenant, thread_pk(tenant, thread_id),
                            read=lambda: self._message_entity(tenant, thread_id, message_id),
                            decide=decide, what=f"thread {thread_id!r}", idempotency=idempotency, replay=replay)
 
@@ -855,10 +894,12 @@ class MemoryService:
             if if_match is not None and public_etag(message.etag) != if_match:
                 raise MessageChanged(thread_id, message_id, if_match, public_etag(message.etag))
             gone = Entity(message.partition_key, message.row_key, etag=message.etag, offloaded=message.offloaded)
+            record = change_record("memory", "memory.delete_message", "message", message_id,
+                                   {"thread_id": thread_id, "seq": seq_of_message_id(message_id)})
             return _Write([TableOp(OpKind.DELETE, gone, message.etag), self._touch(thread, _now_after(thread), -1)],
-                          lambda etags: None, None, status=204)
+                          lambda etags: None, None, status=204, record=record)
 
-        return self._write(thread_pk(tenant, thread_id),
+        return self._write(tenant, thread_pk(tenant, thread_id),
                            read=lambda: self._message_entity(tenant, thread_id, message_id),
                            decide=decide, what=f"thread {thread_id!r}", idempotency=idempotency,
                            replay=lambda stored: None)

@@ -44,6 +44,15 @@ long as the version exists; this instance drops an entry when it deletes the blo
 A version id is a nanosecond clock reading plus 16 random bits, so a key deleted in
 another process is never written again with other content.
 
+Change records (:mod:`shared.storage.changefeed`): a put writes one
+(``objects.put``: version id, size, content SHA-256 and type, never the content) in
+the batch of its head and version, a delete one (``objects.delete``) in the batch
+that deletes the head, and expiry one (``objects.expire``, by whoever acts: the
+retention timer as the system, or the write that finds an object expired) in the
+batch that deletes the head, or with an expired old version's row. A replay or a
+refused write records nothing. Outbox rows (``~outbox|``) share the tenant's
+partition; every read here is by a prefix (``h|``, ``v|``, ``i|``), so none sees them.
+
 One partition per tenant caps one tenant's object writes at the table's
 partition throughput (about 2,000 entities/s on Azure): fine for configuration,
 agent state and documents, the workloads objects are for.
@@ -61,14 +70,7 @@ from cachetools import LRUCache
 from shared import names
 from shared.backends import Entity, OpKind, Page, TableOp
 from shared.backends.base import MAX_BATCH_OPERATIONS
-from shared.errors import InvalidInput, NotFound, PreconditionFailed, TooLarge
-from shared.keys import check_path_key, check_tenant, key_part_prefix
-from shared.storage.due import Budget, DueEntry, DueIndex
-from shared.storage.idempotency import Idempotency, lookup
-from shared.storage.mutate import Change, Codec, Outcome, find, mutate
-from shared.storage.retry import LostRace, conditional
-from shared.stores import Stores
-
+from shared.domains.domain import change_record
 from shared.domains.objects import _layout as layout
 from shared.domains.objects._layout import EXPIRES_INDEX, EXPIRY_PREFIX, EXPIRY_SHARDS
 from shared.domains.objects.models import (
@@ -83,11 +85,19 @@ from shared.domains.objects.models import (
     ObjectVersionNotFound,
     StoredObject,
 )
+from shared.errors import InvalidInput, NotFound, PreconditionFailed, TooLarge
+from shared.keys import check_path_key, check_tenant, key_part_prefix
+from shared.storage.changefeed import ChangeRecord
+from shared.storage.due import Budget, DueEntry, DueIndex
+from shared.storage.idempotency import Idempotency, lookup
+from shared.storage.mutate import Change, Codec, Outbox, Outcome, find, mutate
+from shared.storage.retry import LostRace, conditional
+from shared.stores import Stores
 
 _INFO = Codec(encode=layout.encode_info, decode=layout.decode_info)
 _DELETED = Codec[None](encode=lambda result: None, decode=lambda stored: None)
-#: Rows one delete batch may take besides the idempotency marker.
-_DELETE_BATCH = MAX_BATCH_OPERATIONS - 1
+#: Rows one delete batch may take besides the idempotency marker and the change record.
+_DELETE_BATCH = MAX_BATCH_OPERATIONS - 2
 #: Wall time one retention run may take by default (the timer runs every 5 minutes).
 PURGE_BUDGET_SECONDS = 45.0
 _LEGACY_PAGE = 100
@@ -105,6 +115,7 @@ class ObjectService:
 
     def __init__(self, stores: Stores, *, clock: Callable[[], float] = time.time) -> None:
         self._table = stores.table(names.TABLE_OBJECTS)
+        self._stores = stores
         self._blobs = stores.blobs(names.CONTAINER_DATA)
         self.max_bytes = stores.settings.max_object_bytes
         self._clock = clock
@@ -116,6 +127,13 @@ class ObjectService:
         #: Content reads served from the cache, and those that went to the blob store.
         self.content_cache_hits = 0
         self.content_cache_misses = 0
+
+    def _outbox(self, tenant: str) -> Outbox:
+        return self._stores.outbox(tenant, names.TABLE_OBJECTS)
+
+    @staticmethod
+    def _record(op: str, key: str, details: dict[str, object]) -> ChangeRecord:
+        return change_record("objects", op, "object", key, details)
 
     @staticmethod
     def _check(tenant: str, key: str) -> None:
@@ -174,10 +192,11 @@ class ObjectService:
             raise InvalidInput("If-Match and If-None-Match cannot be combined")
         if ttl_seconds is not None and not (isinstance(ttl_seconds, int) and 0 < ttl_seconds <= MAX_TTL_SECONDS):
             raise InvalidInput(f"ttl_seconds must be from 1 to {MAX_TTL_SECONDS}")
+        digest = hashlib.sha256(data).hexdigest()
         idempotency = None
         if idempotency_key is not None:
             idempotency = Idempotency.of(idempotency_key, "objects.put", {
-                "key": key, "sha256": hashlib.sha256(data).hexdigest(), "content_type": content_type,
+                "key": key, "sha256": digest, "content_type": content_type,
                 "ttl_seconds": ttl_seconds, "if_match": if_match, "if_none_match": if_none_match})
             done = self._replay(tenant, idempotency)
             if done is not None:
@@ -219,6 +238,10 @@ class ObjectService:
                                   layout.expiry_props(key))
             outcome = mutate(self._table, partition=tenant, read=lambda: self._live_or_none(tenant, key, now),
                              decide=decide, what=f"object {key!r}", idempotency=idempotency, codec=_INFO,
+                             outbox=self._outbox(tenant),
+                             record=lambda info: self._record("objects.put", key, {
+                                 "version_id": info.version_id, "size": info.size, "sha256": digest,
+                                 "content_type": info.content_type}),
                              clock=self._clock)
         except BaseException:
             if blob_key:
@@ -278,6 +301,7 @@ class ObjectService:
             idempotency = Idempotency.of(idempotency_key, "objects.delete", {"key": key, "if_match": if_match})
         now = self._clock()
         removed: list[Entity] = []
+        deleted: dict[str, object] = {}
 
         def read() -> tuple[Entity | None, list[Entity]]:
             head = self._live_or_none(tenant, key, now)
@@ -296,10 +320,12 @@ class ObjectService:
                 raise ObjectNotFound(key)
             rows = ([head] if head is not None else []) + versions
             removed[:] = versions
+            deleted.update(version_id=layout.head_version(head) if head is not None else None)
             return Change([TableOp(OpKind.DELETE, row, row.etag) for row in rows], None, status=204)
 
         outcome = mutate(self._table, partition=tenant, read=read, decide=decide, what=f"object {key!r}",
-                         idempotency=idempotency, codec=_DELETED, clock=self._clock)
+                         idempotency=idempotency, codec=_DELETED, outbox=self._outbox(tenant),
+                         record=lambda _: self._record("objects.delete", key, dict(deleted)), clock=self._clock)
         if not outcome.replayed:
             self._discard_blobs(removed)
         return outcome
@@ -312,28 +338,34 @@ class ObjectService:
             raise ObjectVersionMismatch(key, if_match, layout.head_version(head))
 
     def _remove(self, tenant: str, key: str, head: Entity | None) -> bool:
-        """Delete ``head`` (as read) and every version of ``key``; False when there was nothing.
+        """Delete an expired object: ``head`` (as read) and every version of ``key``; False when there was nothing.
 
-        The oldest versions go first and the head last; LostRace when a row changed meanwhile.
+        The head goes in the first batch, with the oldest versions and the change record
+        (``objects.expire``); LostRace when a row changed meanwhile.
         """
         versions = list(self._table.query_all(tenant, prefix=layout.versions_prefix(key)))
         if head is None and not versions:
             return False
-        self._delete_rows(tenant, key, versions + ([head] if head is not None else []))
+        record = self._record("objects.expire", key, {
+            "version_id": layout.head_version(head) if head is not None else None, "object": True})
+        self._delete_rows(tenant, key, versions + ([head] if head is not None else []), record)
         return True
 
-    def _delete_rows(self, tenant: str, key: str, rows: Sequence[Entity]) -> None:
+    def _delete_rows(self, tenant: str, key: str, rows: Sequence[Entity], record: ChangeRecord | None = None) -> None:
         """Delete ``rows`` (newest first, as listed) from the end, a batch at a time, then their blobs.
 
         Conditional on the ETags read, so the offload layer knows their blobs without
-        re-reading; LostRace when one changed or went meanwhile.
+        re-reading; LostRace when one changed or went meanwhile. ``record`` goes with the
+        first batch.
         """
         ops = [TableOp(OpKind.DELETE, row, row.etag) for row in rows]
         end = len(ops)
         while end > 0:
-            start = max(0, end - MAX_BATCH_OPERATIONS)
+            start = max(0, end - MAX_BATCH_OPERATIONS + (1 if record is not None else 0))
+            batch = ops[start:end] + self._outbox(tenant).ops(tenant, record)
             with conditional():
-                self._table.batch(ops[start:end])
+                self._table.batch(batch)
+            record = None
             end = start
         self._discard_blobs(rows)
 
@@ -521,8 +553,9 @@ class ObjectService:
             return 0
         if not layout.expired(version, now):
             return -1
+        record = self._record("objects.expire", key, {"version_id": version_id, "object": False})
         try:
-            self._table.delete(tenant, version.row_key, if_match=version.etag)
+            self._table.batch([TableOp(OpKind.DELETE, version, version.etag), *self._outbox(tenant).ops(tenant, record)])
         except (NotFound, PreconditionFailed):
             return 0  # deleted meanwhile, with its object
         self._discard_blobs([version])

@@ -37,11 +37,21 @@ Guarantees:
   (``!idle|00``..``15``) are drained by the same timer.
 * The conversation is the memory thread ``thread_id`` (= session id, resource = user
   id), created with the session; a retried creation reuses it.
+* Change records (:mod:`shared.storage.changefeed`): every change of the session or
+  its context writes one in its batch, in the session's partition:
+  ``sessions.create`` (the memory thread records its own ``memory.create_thread``),
+  ``sessions.record`` (the figures added), ``sessions.update_metadata`` (a SHA-256 of
+  the new metadata), ``sessions.end``, ``sessions.expire`` (the idle timer, as the
+  system) and ``sessions.put_context`` (version, size and SHA-256 of the stored JSON,
+  never the context). No-ops (an expiry finding the session active) and replays
+  record nothing. Every read of the partition is by row key or the ``context``
+  prefix, so outbox rows (``~outbox|``) are never read as session data.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 import uuid
@@ -51,6 +61,7 @@ from typing import Any, TypeVar
 
 from shared import names
 from shared.backends import Entity, Page, TableOp
+from shared.domains.domain import change_record
 from shared.domains.memory.service import MemoryService
 from shared.domains.sessions._layout import (
     CONTEXT_ROW,
@@ -81,9 +92,10 @@ from shared.domains.sessions.models import (
 from shared.errors import AlreadyExists, InvalidInput, NotFound, PreconditionFailed
 from shared.jsonvalues import check_json_value
 from shared.keys import check_id, check_tenant
+from shared.storage.changefeed import ChangeRecord, canonical_digest
 from shared.storage.due import Budget, DueEntry, DueIndex
 from shared.storage.idempotency import Idempotency, IdempotencyKeyReused, lookup
-from shared.storage.mutate import Change, Codec, Outcome, find, mutate
+from shared.storage.mutate import Change, Codec, Outcome, RecordOf, find, mutate
 from shared.storage.retry import RetryPolicy
 from shared.storage.rows import json_field, stored_time
 from shared.stores import Stores
@@ -130,6 +142,7 @@ class SessionService:
 
     def __init__(self, stores: Stores) -> None:
         self._table = stores.table(names.TABLE_SESSIONS)
+        self._stores = stores
         # Index entries are tiny and never offloaded: the due index works on the table as stored.
         self._idle = DueIndex(self._table.table, IDLE_PREFIX, quantum=EXPIRY_QUANTUM)
         self._memory = MemoryService(stores)
@@ -236,8 +249,12 @@ class SessionService:
             return Change([TableOp.insert(Entity(pk, SESSION_ROW, row.encode()))],
                           self._result(session_id, row), status=201)
 
+        details: dict[str, Any] = {"user_id": user_id}
+        if metadata:
+            details["metadata_sha256"] = canonical_digest(metadata)
         return self._mutate(pk, session_id, lambda: find(self._table, pk, SESSION_ROW), decide,
-                            idempotency, _SESSION_CODEC, lambda: self.get(tenant, session_id))
+                            idempotency, _SESSION_CODEC, lambda: self.get(tenant, session_id),
+                            tenant=tenant, record=self._record("sessions.create", session_id, details))
 
     def _ensure_thread(self, tenant: str, user_id: str, session_id: str) -> None:
         try:
@@ -256,13 +273,19 @@ class SessionService:
             return None
         return Outcome(codec.decode(found.result), replayed=True, status=found.status)
 
+    @staticmethod
+    def _record(op: str, session_id: str, details: dict[str, Any]) -> ChangeRecord:
+        return change_record("sessions", op, "session", session_id, details)
+
     def _mutate(self, pk: str, session_id: str, read: Callable[[], Any], decide: Callable[[Any], Change[R]],
-                idempotency: Idempotency | None, codec: Codec[R], current: Callable[[], R]) -> Outcome[R]:
-        """:func:`mutate` on the session's partition; a marker written before fingerprints
-        existed (no ``fp``) is a replay answered with ``current()``."""
+                idempotency: Idempotency | None, codec: Codec[R], current: Callable[[], R], *,
+                tenant: str, record: RecordOf[R]) -> Outcome[R]:
+        """:func:`mutate` on the session's partition, with ``record``; a marker written before
+        fingerprints existed (no ``fp``) is a replay answered with ``current()``."""
         try:
             return mutate(self._table, partition=pk, read=read, decide=decide, what=f"session {session_id!r}",
-                          idempotency=idempotency, codec=codec, policy=_POLICY)
+                          idempotency=idempotency, codec=codec, policy=_POLICY,
+                          outbox=self._stores.outbox(tenant, names.TABLE_SESSIONS), record=record)
         except IdempotencyKeyReused:
             assert idempotency is not None
             marker = find(self._table, pk, idempotency.row_key)
@@ -271,8 +294,10 @@ class SessionService:
             return Outcome(current(), replayed=True)
 
     def _change(self, tenant: str, session_id: str, step: Callable[[SessionRow], SessionRow | None], *,
+                op: str, details: Callable[[SessionRow], dict[str, Any]],
                 idempotency: Idempotency | None = None) -> _Applied:
-        """Apply ``step`` (current row -> new row, or None for no change) to the session."""
+        """Apply ``step`` (current row -> new row, or None for no change) to the session;
+        a change is recorded as ``op`` with ``details(new row)``."""
         pk = session_pk(tenant, session_id)
         seen: list[tuple[SessionRow, bool]] = []
 
@@ -289,7 +314,8 @@ class SessionService:
             return Change([TableOp.update(updated, if_match=entity.etag)], self._result(session_id, new))
 
         outcome = self._mutate(pk, session_id, lambda: self._read(tenant, session_id), decide, idempotency,
-                               _SESSION_CODEC, lambda: self.get(tenant, session_id))
+                               _SESSION_CODEC, lambda: self.get(tenant, session_id), tenant=tenant,
+                               record=lambda _: self._record(op, session_id, details(seen[0][0])))
         if outcome.replayed or not seen:
             return _Applied(outcome, None, False)
         row, changed = seen[0]
@@ -332,7 +358,9 @@ class SessionService:
                                        processing_us=row.processing_us + micros,
                                        last_activity=max(row.last_activity, at), updated=at)
 
-        return self._change(tenant, session_id, add, idempotency=idempotency).outcome
+        return self._change(tenant, session_id, add, idempotency=idempotency, op="sessions.record",
+                            details=lambda _: {"requests": requests, "errors": errors,
+                                               "processing_us": micros}).outcome
 
     def update_metadata(self, tenant: str, session_id: str, metadata: dict[str, Any], *,
                         if_match: str | None = None, idempotency_key: str | None = None) -> Session:
@@ -355,7 +383,9 @@ class SessionService:
             self._match(session_id, row, if_match)
             return dataclasses.replace(row, metadata_json=text, version=row.version + 1, updated=_now())
 
-        return self._change(tenant, session_id, replace, idempotency=idempotency).outcome
+        return self._change(tenant, session_id, replace, idempotency=idempotency, op="sessions.update_metadata",
+                            details=lambda row: {"version": row.version,
+                                                 "metadata_sha256": canonical_digest(json.loads(text))}).outcome
 
     @staticmethod
     def _match(session_id: str, row: SessionRow, if_match: str | None) -> None:
@@ -400,7 +430,8 @@ class SessionService:
             self._require_active(session_id, row, f"end it as {target}")
             return self._ended(row, target, reason, _now())
 
-        applied = self._change(tenant, session_id, finish, idempotency=idempotency)
+        applied = self._change(tenant, session_id, finish, idempotency=idempotency, op="sessions.end",
+                               details=lambda row: {"status": row.status.value, "version": row.version})
         if applied.changed and applied.row is not None:
             self._after_end(tenant, applied.row)
         return applied.outcome
@@ -475,8 +506,11 @@ class SessionService:
                                        if_match=current.etag)
             return Change([write], row.result(session_id, context), status=201 if current is None else 200)
 
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return self._mutate(pk, session_id, read, decide, idempotency, codec,
-                            lambda: self.get_context(tenant, session_id))
+                            lambda: self.get_context(tenant, session_id), tenant=tenant,
+                            record=lambda result: self._record("sessions.put_context", session_id, {
+                                "version": result.version, "size": size, "sha256": digest}))
 
     def get_context(self, tenant: str, session_id: str) -> TaskContext:
         """The session's task context; NotFound when the session or its context is absent."""
@@ -518,7 +552,8 @@ class SessionService:
     def _expire(self, tenant: str, session_id: str, due: int, now: float) -> tuple[int, bool]:
         """Handle one due idle entry: (1 when this call ended its session, whether the entry is done)."""
         try:
-            applied = self._change(tenant, session_id, self._expire_step(now))
+            applied = self._change(tenant, session_id, self._expire_step(now), op="sessions.expire",
+                                   details=lambda row: {"status": row.status.value, "version": row.version})
         except NotFound:
             return 0, True  # the creation never completed
         row = applied.row

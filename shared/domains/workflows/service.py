@@ -97,10 +97,19 @@ Guarantees:
   per waiting workflow.
 * Every row goes through the one (offloading) table :class:`~shared.stores.Stores`
   hands out; index entries are small and never offloaded.
+* Change records (:mod:`shared.storage.changefeed`): every change of a workflow
+  writes one in its batch, in the workflow's partition (``workflows.suspend``,
+  ``resume``, ``approve``, ``complete``, ``fail``, ``cancel``, ``deliver_event`` (one
+  per workflow made ready), and from the timer, as the system, ``timeout`` and
+  ``schedule``), holding the new status and ``seq`` and a SHA-256 of a new context,
+  never the context. A decision to change nothing, and a replay, record nothing.
+  Listings and delivery read index partitions, which hold no outbox rows, and the
+  workflow's partition only by row key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -111,6 +120,7 @@ from typing import Any
 
 from shared import names
 from shared.backends import Entity, Page, TableOp
+from shared.domains.domain import change_record
 from shared.domains.workflows import _layout as layout
 from shared.domains.workflows.models import (
     MAX_CONDITIONS_BYTES,
@@ -162,10 +172,13 @@ __all__ = [
 
 @dataclass
 class _Change:
-    """A decided change: the new ``w`` properties, and the new context JSON if it changes."""
+    """A decided change: the new ``w`` properties, and the new context JSON if it changes;
+    the change record's op when it is not the mutation's, and its details beyond the new state."""
 
     props: dict[str, Any]
     context: str | None = None
+    op: str | None = None
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +240,7 @@ class WorkflowService:
 
     def __init__(self, stores: Stores) -> None:
         self._table = stores.table(names.TABLE_WORKFLOWS)
+        self._stores = stores
         self._due = DueIndex(self._table, layout.DUE_PREFIX, grace=IN_FLIGHT_GRACE_SECONDS)
         self.max_context_bytes = stores.settings.max_object_bytes
 
@@ -265,10 +279,12 @@ class WorkflowService:
             return None
         return _Result(dict(replay.result), False, True, None, replay.status)
 
-    def _mutate(self, tenant: str, workflow_id: str, decide: _Decide, *, read_context: bool = False,
+    def _mutate(self, tenant: str, workflow_id: str, decide: _Decide, *, op: str, read_context: bool = False,
                 if_match: str | None = None, idempotency: Idempotency | None = None,
                 marker_row: str | None = None, now: float) -> _Result:
         """Read, ``decide``, write conditionally on the ETag read; lost races retried, then Busy.
+
+        A change is written with its change record (``op``, unless the change names another).
 
         ``decide(current properties or None, context entity or None)`` returns the
         change, None for none, or raises. ``idempotency``'s marker (with the new
@@ -326,6 +342,11 @@ class WorkflowService:
                     ops.append(TableOp.insert(written))
                 else:
                     ops.append(TableOp.upsert(written))
+            details: dict[str, Any] = {"status": new["status"], "seq": new["seq"], **(change.details or {})}
+            if change.context is not None:
+                details["context_sha256"] = hashlib.sha256(change.context.encode("utf-8")).hexdigest()
+            ops += self._stores.outbox(tenant, names.TABLE_WORKFLOWS).ops(
+                pk, change_record("workflows", change.op or op, "workflow", workflow_id, details))
             status = 201 if current is None else 200
             if idempotency is not None:
                 ops.append(marker_op(pk, idempotency, new, status=status, clock=lambda: now))
@@ -445,9 +466,10 @@ class WorkflowService:
                 "ready_reason": "schedule" if ready else None, "timeout_reason": None, "detail": None,
                 "approval": None, "wait_until": wait_until, "suspensions": layout.suspensions_of(base) + 1,
                 "suspended_at": now, "finished_at": None,
-            }, context=context_text)
+            }, context=context_text, details={"reason": str(reason_json["kind"])})
 
-        result = self._mutate(tenant, workflow_id, decide, if_match=if_match, idempotency=idempotency, now=now)
+        result = self._mutate(tenant, workflow_id, decide, op="workflows.suspend", if_match=if_match,
+                              idempotency=idempotency, now=now)
         return self._outcome(result, workflow_id)
 
     @staticmethod
@@ -474,7 +496,8 @@ class WorkflowService:
             return _Change({**current, "status": WorkflowStatus.RUNNING.value, "ready": False,
                             "wait_until": None, "resumed_at": now})
 
-        result = self._mutate(tenant, workflow_id, decide, read_context=True, if_match=if_match, now=now)
+        result = self._mutate(tenant, workflow_id, decide, op="workflows.resume", read_context=True,
+                              if_match=if_match, now=now)
         props = result.props or {}
         return Resumed(json.loads(result.context or "{}"), layout.step_of(props), layout.workflow_of(props))
 
@@ -518,7 +541,8 @@ class WorkflowService:
             return _Change({**current, "status": target.value, "ready": False, "wait_until": None,
                             "detail": detail, "finished_at": now})
 
-        result = self._mutate(tenant, workflow_id, decide, if_match=if_match, idempotency=idempotency, now=now)
+        result = self._mutate(tenant, workflow_id, decide, op=f"workflows.{verb}", if_match=if_match,
+                              idempotency=idempotency, now=now)
         return self._outcome(result, workflow_id)
 
     def complete(self, tenant: str, workflow_id: str, *, detail: str | None = None, if_match: str | None = None,
@@ -570,7 +594,8 @@ class WorkflowService:
             return _Change({**current, "ready": True, "ready_reason": "approval", "approval": approval,
                             "wait_until": None})
 
-        result = self._mutate(tenant, workflow_id, decide, if_match=if_match, idempotency=idempotency, now=now)
+        result = self._mutate(tenant, workflow_id, decide, op="workflows.approve", if_match=if_match,
+                              idempotency=idempotency, now=now)
         return self._outcome(result, workflow_id)
 
     # -- events
@@ -616,11 +641,12 @@ class WorkflowService:
             state.setdefault("events", {})[event_id] = payload
             merged = json.dumps(state, separators=(",", ":"), ensure_ascii=False)
             return _Change({**current, "ready": True, "ready_reason": f"event:{event_id}", "wait_until": None},
-                           context=merged)
+                           context=merged, details={"event_id": event_id})
 
         delivered = 0
         for entry in list(self._table.query_all(event_partition)):
-            result = self._mutate(tenant, entry.row_key, decide, read_context=True, marker_row=marker, now=now)
+            result = self._mutate(tenant, entry.row_key, decide, op="workflows.deliver_event", read_context=True,
+                                  marker_row=marker, now=now)
             if result.changed:
                 delivered += 1
             elif not result.replayed:
@@ -740,15 +766,17 @@ class WorkflowService:
                 return None
             reason = layout.reason_of(current)
             if kind == layout.SCHEDULE and reason["kind"] == ReasonKind.SCHEDULE:
-                return _Change({**current, "ready": True, "ready_reason": "schedule", "wait_until": None})
+                return _Change({**current, "ready": True, "ready_reason": "schedule", "wait_until": None},
+                               op="workflows.schedule")
             if kind == layout.TIMEOUT and reason["kind"] in (ReasonKind.EVENT, ReasonKind.APPROVAL):
                 waited = f"event {reason['event_id']!r}" if reason["kind"] == ReasonKind.EVENT else "approval"
                 return _Change({**current, "status": WorkflowStatus.TIMED_OUT.value, "wait_until": None,
                                 "finished_at": now,
-                                "timeout_reason": f"no {waited} within {reason['timeout_seconds']} s"})
+                                "timeout_reason": f"no {waited} within {reason['timeout_seconds']} s"},
+                               op="workflows.timeout")
             return None
 
-        result = self._mutate(tenant, workflow_id, decide, now=now)
+        result = self._mutate(tenant, workflow_id, decide, op="workflows.timeout", now=now)
         if result.changed:
             return ("readied" if kind == layout.SCHEDULE else "timed_out"), True
         # A suspension not written yet keeps its entry, until it is clearly a crashed one.
