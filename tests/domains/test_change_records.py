@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from shared import names
-from shared.config import BACKENDS, Settings
+from shared.config import BACKENDS
 from shared.domains import domain as registered
 from shared.domains.domain import Domain
 from shared.domains.memory.service import MemoryService
@@ -31,7 +31,7 @@ from shared.errors import NotFound, StowageError
 from shared.request_context import SYSTEM, Actor, RequestContext, acting_as
 from shared.storage.changefeed import OUTBOX_PREFIX
 from shared.stores import Stores
-from tests.conftest import ENV_BACKENDS, selected_backends
+from tests.domains.app_stores import app_stores
 
 ACTOR = Actor("agent", "agent-7", "Planner", ("writer",))
 
@@ -39,24 +39,7 @@ ACTOR = Actor("agent", "agent-7", "Planner", ("writer",))
 @pytest.fixture(scope="module", params=BACKENDS, ids=list(BACKENDS))
 def feed_stores(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
     """Every app resource on one backend, shared by this module's tests of that backend."""
-    kind: str = request.param
-    if kind not in selected_backends():
-        pytest.skip(f"{ENV_BACKENDS} excludes {kind}")
-    if kind == "local":
-        settings = Settings(backend="local", data_dir=tmp_path_factory.mktemp("changes"))
-    elif kind == "azure":
-        settings = Settings(backend="azure", azure_connection_string=request.getfixturevalue("azurite").connection_string)
-    else:
-        tag = uuid.uuid4().hex[:10]
-        settings = Settings(backend="aws", aws_endpoint_url=request.getfixturevalue("moto_server").endpoint_url,
-                            aws_region="us-east-1", aws_bucket=f"stowage-test-{tag}",
-                            aws_table_prefix=f"t{tag}-", aws_queue_prefix=f"q{tag}-")
-    stores = Stores.from_settings(settings)
-    stores.ensure()
-    try:
-        yield stores
-    finally:
-        stores.close()
+    yield from app_stores(request, tmp_path_factory, "changes")
 
 
 class Clock:

@@ -38,13 +38,13 @@ import pytest
 
 from shared.command_ops import Outcome
 from shared.commands import CommandProcessor
-from shared.config import BACKENDS, Settings
+from shared.config import BACKENDS
 from shared.domains import DOMAINS, Domain, Job
 from shared.errors import InvalidInput, NotFound, StowageError
 from shared.storage.due import Budget
 from shared.storage.idempotency import IdempotencyKeyReused
 from shared.stores import Stores
-from tests.conftest import ENV_BACKENDS, selected_backends
+from tests.domains.app_stores import app_stores
 from tests.domains.probes import PROBES, NoSample, OpSample, Probe, drain
 
 OP_CASES = [pytest.param(domain, op.name, id=op.name) for domain in DOMAINS for op in domain.commands]
@@ -58,24 +58,7 @@ DOMAIN_CASES = [pytest.param(domain, id=domain.name) for domain in DOMAINS]
 @pytest.fixture(scope="module", params=BACKENDS, ids=list(BACKENDS))
 def contract_stores(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
     """Every app resource on one backend, shared by this module's tests of that backend."""
-    kind: str = request.param
-    if kind not in selected_backends():
-        pytest.skip(f"{ENV_BACKENDS} excludes {kind}")
-    if kind == "local":
-        settings = Settings(backend="local", data_dir=tmp_path_factory.mktemp("contract"))
-    elif kind == "azure":
-        settings = Settings(backend="azure", azure_connection_string=request.getfixturevalue("azurite").connection_string)
-    else:
-        tag = uuid.uuid4().hex[:10]
-        settings = Settings(backend="aws", aws_endpoint_url=request.getfixturevalue("moto_server").endpoint_url,
-                            aws_region="us-east-1", aws_bucket=f"stowage-test-{tag}",
-                            aws_table_prefix=f"t{tag}-", aws_queue_prefix=f"q{tag}-")
-    stores = Stores.from_settings(settings)
-    stores.ensure()
-    try:
-        yield stores
-    finally:
-        stores.close()
+    yield from app_stores(request, tmp_path_factory, "contract")
 
 
 class Harness:
