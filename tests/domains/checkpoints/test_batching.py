@@ -8,31 +8,12 @@ import threading
 import uuid
 from typing import Annotated, TypedDict
 
-import pytest
 from langgraph.graph import END, START, StateGraph
 
 from shared.domains.checkpoints import _layout
 from shared.domains.checkpoints.savers import StowageCheckpointSaver
 from shared.domains.checkpoints.service import CheckpointService, TypedValue
-
-
-def val(text: str) -> TypedValue:
-    return TypedValue("bytes", text.encode())
-
-
-class _Batches:
-    """Counts the atomic batches the service sends to its (real) table."""
-
-    def __init__(self, service: CheckpointService, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sizes: list[int] = []
-        real = service._table.batch
-
-        def batch(operations):
-            operations = list(operations)
-            self.sizes.append(len(operations))
-            return real(operations)
-
-        monkeypatch.setattr(service._table, "batch", batch)
+from tests.domains.checkpoints.batches import Batches, val
 
 
 class _QueuedSignal(threading.Event):
@@ -48,7 +29,7 @@ class _QueuedSignal(threading.Event):
 def test_lingering_writes_ride_in_the_next_puts_batch(service, tenant, monkeypatch):
     _QueuedSignal.waiting = threading.Event()
     service._group.make_event = _QueuedSignal
-    batches = _Batches(service, monkeypatch)
+    batches = Batches(service, monkeypatch)
     service.put(tenant, "th", "", "c1", TypedValue("json", b"{}"), channel_versions={"a": "1"},
                 new_values={"a": val("A1")})
     result = {}
@@ -100,7 +81,7 @@ def test_a_real_graph_stores_most_steps_in_one_batch_and_hits_the_cache(stores, 
     builder.add_edge("a", "b")
     builder.add_conditional_edges("b", lambda s: "a" if s["n"] < 12 else END, ["a", END])
     service = CheckpointService(stores)
-    batches = _Batches(service, monkeypatch)
+    batches = Batches(service, monkeypatch)
     saver = StowageCheckpointSaver(service, tenant, writes_linger=1.0)
     graph = builder.compile(checkpointer=saver)
     config = {"configurable": {"thread_id": f"g-{uuid.uuid4().hex[:6]}"}}

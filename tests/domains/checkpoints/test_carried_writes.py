@@ -9,25 +9,7 @@ import pytest
 
 from shared.domains.checkpoints.service import CheckpointService, TaskWrites, TypedValue
 from shared.errors import InvalidInput, NotFound, TooLarge
-
-
-def val(text: str) -> TypedValue:
-    return TypedValue("bytes", text.encode())
-
-
-class _Batches:
-    """Counts the atomic batches the service sends to its (real) table."""
-
-    def __init__(self, service: CheckpointService, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sizes: list[int] = []
-        real = service._table.batch
-
-        def batch(operations):
-            operations = list(operations)
-            self.sizes.append(len(operations))
-            return real(operations)
-
-        monkeypatch.setattr(service._table, "batch", batch)
+from tests.domains.checkpoints.batches import Batches, val
 
 
 def _first(service: CheckpointService, tenant: str, thread: str) -> None:
@@ -37,7 +19,7 @@ def _first(service: CheckpointService, tenant: str, thread: str) -> None:
 def test_put_carries_parent_writes_in_its_one_batch(service, tenant, monkeypatch):
     thread = "th-" + uuid.uuid4().hex[:8]
     _first(service, tenant, thread)
-    batches = _Batches(service, monkeypatch)
+    batches = Batches(service, monkeypatch)
     carried = [TaskWrites("task-a", [(0, "x", val("a0")), (-3, "__interrupt__", val("ask"))], "p"),
                TaskWrites("task-b", [(0, "y", val("b0"))])]
     ref = service.put(tenant, thread, "", "c2", val("cp2"), channel_versions={"x": "2"},
