@@ -142,12 +142,13 @@ def test_a_memory_append_gets_through_passing_conflicts_with_gapless_seqs(stores
 def test_session_metrics_add_up_through_passing_conflicts(stores, conflicts):
     sessions = SessionService(stores)
     session = sessions.create(TENANT, "user_1")
-    conflicts.fail["PutItem"] = 2  # a plain record is one conditional PutItem
+    conflicts.fail["TransactWriteItems"] = 2  # a record is the session's update with its change record
     sessions.record(TENANT, session.session_id, requests=1, processing_time=0.5)
-    conflicts.fail["TransactWriteItems"] = 2  # with an idempotency key, a batch with its marker
+    assert conflicts.injected == {"TransactWriteItems": 2}
+    conflicts.fail["TransactWriteItems"] = 2  # with an idempotency key, its marker joins the batch
     sessions.record(TENANT, session.session_id, requests=2, errors=1, idempotency_key="k1")
     sessions.record(TENANT, session.session_id, requests=2, errors=1, idempotency_key="k1")  # counted once
-    assert conflicts.injected == {"PutItem": 2, "TransactWriteItems": 2}
+    assert conflicts.injected == {"TransactWriteItems": 4}
     final = sessions.get(TENANT, session.session_id)
     assert (final.request_count, final.error_count, final.total_processing_time) == (3, 1, 0.5)
 
