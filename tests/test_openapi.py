@@ -17,11 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from functions.context import AppContext
+from functions.http.audit import SEQ_PATTERN
 from functions.http_api import create_api
 from functions.problems import PROBLEM_JSON
 from shared.config import Settings
-from shared.keys import ID_PATTERN
 from shared.domains.sessions.service import ENDED_STATUSES
+from shared.keys import ID_PATTERN
 
 PROBLEM = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
@@ -106,6 +107,8 @@ def test_path_and_query_ids_carry_the_services_rule(document):
             bounds = (schema.get("minLength"), schema.get("maxLength"))
             if parameter["in"] == "path" and name in ("key", "task_id"):  # an object key; a task id is any text
                 assert bounds == (1, 256) and schema["pattern"], (path, method, name)
+            elif parameter["in"] == "path" and name == "seq":  # a sequence number, not an id
+                assert (schema.get("pattern"), *bounds) == (SEQ_PATTERN, 1, 19), (path, method, name)
             elif parameter["in"] == "path" or (path, name) in QUERY_IDS:
                 assert (schema.get("pattern"), *bounds) == (ID_PATTERN, 1, 128), (path, method, name)
                 checked.add((path, name))

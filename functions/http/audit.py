@@ -9,12 +9,13 @@ made it. Proofs are RFC 6962 (SHA-256; leaf ``H(0x00 || entry)``, node
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from functions.auth import require_scope, tenant_of
 from functions.context import context_of
@@ -23,14 +24,26 @@ from functions.problems import responses
 from shared.domains.audit.models import MAX_PAGE, SCAN_BOUND, AuditCategory, AuditEntry
 from shared.domains.audit.service import AuditService
 from shared.errors import InvalidInput
-from shared.keys import ID_PATTERN
 
 router = APIRouter(prefix="/api/v1", tags=["audit"], route_class=StorageRoute,
                    dependencies=[Depends(require_scope("admin"))])
 Tenant = Annotated[str, Depends(tenant_of)]
 # A path id like every other (the OpenAPI test holds path ids to the id rule); the service wants a decimal.
-Seq = Annotated[str, Path(pattern=ID_PATTERN, min_length=1, max_length=128,
+#: A sequence number in a path: decimal, from 1, at most 19 digits (what ``_seq`` accepts).
+SEQ_PATTERN = r"^[1-9][0-9]{0,18}$"
+Seq = Annotated[str, Path(pattern=SEQ_PATTERN, min_length=1, max_length=19,
                           description="The change's sequence number in the tenant's feed (decimal, from 1).")]
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _date_time_text(value: object) -> object:
+    """A query instant must be ISO-8601 text: pydantic would also read a bare number as epoch seconds."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        raise ValueError("an ISO-8601 date-time is expected, not a number")
+    return value
+
+
+Instant = Annotated[datetime | None, BeforeValidator(_date_time_text)]
 
 
 def _service(request: Request) -> AuditService:
@@ -183,8 +196,8 @@ def list_entries(
     actor: Annotated[str | None, Query(max_length=1024, description="Only this actor id.")] = None,
     target: Annotated[str | None, Query(max_length=1024, description="Only this target id.")] = None,
     category: Annotated[AuditCategory | None, Query(description="Only this category.")] = None,
-    from_: Annotated[datetime | None, Query(alias="from", description="Changes made at or after (ISO-8601).")] = None,
-    to: Annotated[datetime | None, Query(description="Changes made before (ISO-8601).")] = None,
+    from_: Annotated[Instant, Query(alias="from", description="Changes made at or after (ISO-8601).")] = None,
+    to: Annotated[Instant, Query(description="Changes made before (ISO-8601).")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     continuation: Annotated[str | None, Query(description="From the previous page; `after` is then ignored.")] = None,
 ) -> EntryPage:
