@@ -65,6 +65,11 @@ class Settings:
     #: kept create-only in blob ``system/audit-signing-key`` of ``stowage-data``; production should set
     #: it (a Key Vault reference) so that whoever can write the storage cannot also sign. Kept out of ``repr``.
     audit_signing_key: str | None = field(default=None, repr=False)
+    #: Record reads that matter (object reads, session context reads) in the audit log too.
+    audit_reads: bool = False
+    #: Where each signed audit checkpoint is also written: "container:<name>" (another container
+    #: of this backend) or "s3://<bucket>" (an S3 bucket with Object Lock). None: not anchored.
+    audit_anchor: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -85,6 +90,11 @@ class Settings:
                 raise InvalidInput(f"{names.SETTING_AUDIT_SIGNING_KEY} must be base64") from exc
             if len(seed) != 32:
                 raise InvalidInput(f"{names.SETTING_AUDIT_SIGNING_KEY} must be a base64 32-byte Ed25519 seed")
+        if self.audit_anchor is not None and not (
+                (self.audit_anchor.startswith("container:") and len(self.audit_anchor) > len("container:"))
+                or (self.audit_anchor.startswith("s3://") and len(self.audit_anchor) > len("s3://"))):
+            raise InvalidInput(f"{names.SETTING_AUDIT_ANCHOR} must be 'container:<name>' or 's3://<bucket>', "
+                               f"got {self.audit_anchor!r}")
         if self.offload_threshold_bytes > 48 * 1024:
             raise InvalidInput(f"{names.SETTING_OFFLOAD_THRESHOLD} must be at most 49152 (queue message limit)")
         if self.backend == "azure" and not (self.azure_connection_string or self.azure_account_name):
@@ -115,6 +125,16 @@ class Settings:
             except ValueError as exc:
                 raise InvalidInput(f"{name} must be an integer, got {raw!r}") from exc
 
+        def boolean(name: str, default: bool) -> bool:
+            raw = text(name)
+            if raw is None:
+                return default
+            if raw.lower() in ("true", "1", "yes", "on"):
+                return True
+            if raw.lower() in ("false", "0", "no", "off"):
+                return False
+            raise InvalidInput(f"{name} must be true or false, got {raw!r}")
+
         defaults = cls()
         return cls(
             backend=(text(names.SETTING_BACKEND) or defaults.backend).lower(),
@@ -135,6 +155,8 @@ class Settings:
             aws_queue_prefix=text(names.SETTING_AWS_QUEUE_PREFIX) or defaults.aws_queue_prefix,
             token_secret=text(names.SETTING_TOKEN_SECRET),
             audit_signing_key=text(names.SETTING_AUDIT_SIGNING_KEY),
+            audit_reads=boolean(names.SETTING_AUDIT_READS, defaults.audit_reads),
+            audit_anchor=text(names.SETTING_AUDIT_ANCHOR),
         )
 
 

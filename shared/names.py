@@ -65,6 +65,12 @@ SETTING_AWS_QUEUE_PREFIX = "STOWAGE_AWS_QUEUE_PREFIX"
 SETTING_TOKEN_SECRET = "STOWAGE_TOKEN_SECRET"
 #: Base64 Ed25519 seed (32 bytes) that signs audit checkpoints; production: a Key Vault reference.
 SETTING_AUDIT_SIGNING_KEY = "STOWAGE_AUDIT_SIGNING_KEY"
+#: "true" records reads that matter (object reads, session context reads) in the audit log.
+SETTING_AUDIT_READS = "STOWAGE_AUDIT_READS"
+#: Where each signed audit checkpoint is also written, so that rewriting the primary store shows:
+#: "container:<name>" (another container of the same backend) or "s3://<bucket>" (an S3 bucket
+#: with Object Lock; the AWS settings say how to reach it). Unset: no anchoring.
+SETTING_AUDIT_ANCHOR = "STOWAGE_AUDIT_ANCHOR"
 # The queue trigger's connection: "<prefix>__accountName" etc. in the cloud,
 # or a connection string locally. Both the host and our local poller read it.
 SETTING_QUEUE_CONNECTION = "STOWAGE_QUEUE_CONNECTION"
@@ -90,6 +96,8 @@ APP_SETTINGS = (
     SETTING_QUEUE_CONNECTION,
     SETTING_TOKEN_SECRET,
     SETTING_AUDIT_SIGNING_KEY,
+    SETTING_AUDIT_READS,
+    SETTING_AUDIT_ANCHOR,
 )
 
 # Settings the platform reads, not the app, that the infrastructure templates may declare
