@@ -8,6 +8,7 @@
     │   └── AlreadyExists         create-only write found an existing item
     ├── PreconditionFailed        an If-Match ETag no longer matches (412)
     ├── TooLarge                  over a configured or platform size limit (413)
+    ├── UnsupportedMediaType      a Content-Type or Content-Encoding not taken (415)
     ├── Unauthorized              missing or unknown credentials (401)
     ├── Forbidden                 valid credentials without the scope or domain (403)
     └── BackendUnavailable        the store did not answer or failed (503)
@@ -124,6 +125,14 @@ class TooLarge(StowageError):
     status = 413
     title = "Payload too large"
     type_slug = "payload-too-large"
+
+
+class UnsupportedMediaType(StowageError):
+    """A Content-Type or Content-Encoding the endpoint does not take (415); the message lists those it does."""
+
+    status = 415
+    title = "Unsupported media type"
+    type_slug = "unsupported-media-type"
 
 
 class Unauthorized(StowageError):
