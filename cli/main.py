@@ -209,6 +209,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             console.print(f"[red]FAIL[/red] {problem.kind}: {problem.key}: {problem.detail}", highlight=False)
         if report.ok:
             against = " and extends the trusted checkpoint" if trusted else ""
+            if report.anchored is not None:
+                against += (f", extends all {report.anchored} anchored checkpoints (newest: size "
+                            f"{report.anchored_size})")
             console.print(f"[green]OK[/green] audit log of tenant '{args.tenant}': {report.size} entries, root "
                           f"{report.root}, signature valid{against}", highlight=False)
         else:
@@ -300,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the tenants' audit logs").add_subparsers(dest="audit_command",
                                                                                     required=True)
     verify = audit.add_parser("verify", help="recompute a tenant's audit log from its tiles: every entry hash, "
-                                             "the checkpoint signature, consistency with a trusted checkpoint")
+                                             "the checkpoint signature, consistency with a trusted checkpoint "
+                                             "and, when STOWAGE_AUDIT_ANCHOR is set, with every anchored one")
     verify.add_argument("--tenant", required=True)
     verify.add_argument("--trusted-checkpoint", metavar="FILE",
                         help="a checkpoint saved earlier (e.g. with --save-checkpoint): the log must extend it")

@@ -29,6 +29,7 @@ from pycep import BicepParser
 
 from shared import names
 from shared.config import Settings
+from shared.stores import ANCHOR_BUCKET_CONTAINER
 
 ROOT = Path(__file__).resolve().parent.parent
 BICEP_FILE = ROOT / "infra" / "bicep" / "main.bicep"
@@ -60,6 +61,9 @@ BOTO3_IAM: dict[str, dict[str, set[str]]] = {
         "copy_object": {"s3:GetObject", "s3:PutObject"},
         "list_objects_v2": {"s3:ListBucket"},
         "head_bucket": {"s3:ListBucket"},
+        # The audit anchor's write-once bucket (AwsObjectLockBackend).
+        "list_object_versions": {"s3:ListBucketVersions"},
+        "get_object_lock_configuration": {"s3:GetBucketObjectLockConfiguration"},
     },
     "dynamodb": {
         "get_item": {"dynamodb:GetItem"},
@@ -427,15 +431,32 @@ def tf_azure_declared(doc: dict[str, Any]) -> dict[str, set[str]]:
     }
 
 
+BICEP_IMMUTABILITY = BICEP_CONTAINER + "/immutabilityPolicies"
+
+
+def check_azure_anchor(reference: str, settings: dict[str, Any], what: str) -> list[str]:
+    """The app is pointed at the audit anchor container the template declares (``reference``: its name's variable)."""
+    value = settings.get(names.SETTING_AUDIT_ANCHOR)
+    if value != f"container:${{{reference}}}":
+        return [f"{what}: {names.SETTING_AUDIT_ANCHOR} must be 'container:${{{reference}}}', is {value!r}"]
+    return []
+
+
 def check_bicep(doc: dict[str, Any]) -> list[str]:
     problems = check_parsed(doc, 15, "bicep")
     if problems:
         return problems
     declared = bicep_declared(doc)
     deployment = _bicep_var(doc, "deploymentContainerName")
+    anchor = _bicep_var(doc, "auditAnchorContainerName")
     problems += check_names(
-        declared["containers"], set(names.CONTAINERS), "bicep containers", extra_allowed={deployment}
+        declared["containers"], set(names.CONTAINERS), "bicep containers", extra_allowed={deployment, anchor}
     )
+    problems += check_azure_anchor("auditAnchorContainerName", bicep_app_settings(doc), "bicep")
+    policies = [_bicep_body(res) for _, res in bicep_resources(doc, BICEP_IMMUTABILITY)]
+    if not any(p.get("parent") == "auditAnchorContainer" and p["properties"].get("allowProtectedAppendWrites") is False
+               and p["properties"].get("immutabilityPeriodSinceCreationInDays") for p in policies):
+        problems.append("bicep: the audit anchor container needs a time-based immutability policy (no appends)")
     problems += check_names(declared["tables"], set(names.TABLES), "bicep tables")
     problems += check_names(declared["queues"], set(names.QUEUES), "bicep queues")
     problems += check_settings(bicep_app_settings(doc), "bicep", terraform=False)
@@ -448,9 +469,16 @@ def check_tf_azure(doc: dict[str, Any]) -> list[str]:
         return problems
     declared = tf_azure_declared(doc)
     deployment = doc["locals"]["deployment_container"]
+    anchor = doc["locals"]["audit_anchor_container"]
     problems += check_names(
-        declared["containers"], set(names.CONTAINERS), "terraform/azure containers", extra_allowed={deployment}
+        declared["containers"], set(names.CONTAINERS), "terraform/azure containers", extra_allowed={deployment, anchor}
     )
+    problems += check_azure_anchor("local.audit_anchor_container", tf_azure_app_settings(doc), "terraform/azure")
+    policies = [conf for _, conf in tf_resources(doc, "azurerm_storage_container_immutability_policy")]
+    if not any(p.get("storage_container_resource_manager_id") == "${azurerm_storage_container.audit_anchor.id}"
+               and _tf_bool(p.get("protected_append_writes_enabled")) is False and p.get("immutability_period_in_days")
+               for p in policies):
+        problems.append("terraform/azure: the audit anchor container needs a time-based immutability policy")
     problems += check_names(declared["tables"], set(names.TABLES), "terraform/azure tables")
     problems += check_names(declared["queues"], set(names.QUEUES), "terraform/azure queues")
     problems += check_settings(tf_azure_app_settings(doc), "terraform/azure", terraform=True)
@@ -512,6 +540,29 @@ def _aws_policy(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return documents[0]["statement"]
 
 
+AWS_ANCHOR_BUCKET = "audit_anchor"
+
+
+def check_aws_anchor(doc: dict[str, Any], anchor: dict[str, Any] | None) -> list[str]:
+    """The audit anchor bucket: Object Lock on, a COMPLIANCE default retention, the app pointed at it."""
+    if anchor is None:
+        return [f"terraform/aws: no aws_s3_bucket.{AWS_ANCHOR_BUCKET} (the audit log's Object Lock anchor)"]
+    problems = []
+    if _tf_bool(anchor.get("object_lock_enabled")) is not True:
+        problems.append("terraform/aws: the audit anchor bucket must have object_lock_enabled = true")
+    locks = dict(tf_resources(doc, "aws_s3_bucket_object_lock_configuration"))
+    lock = locks.get(AWS_ANCHOR_BUCKET)
+    retention = _block(_block(lock, "rule"), "default_retention") if lock else {}
+    if retention.get("mode") != "COMPLIANCE" or not retention.get("days"):
+        problems.append("terraform/aws: the audit anchor needs a default retention in COMPLIANCE mode, in days")
+    if doc["locals"].get("anchor_container") != ANCHOR_BUCKET_CONTAINER:
+        problems.append(f"terraform/aws: local.anchor_container must be {ANCHOR_BUCKET_CONTAINER!r} (shared/stores.py)")
+    setting = doc["output"].get("app_settings", {}).get("value", {}).get(names.SETTING_AUDIT_ANCHOR)
+    if setting != "s3://${aws_s3_bucket.audit_anchor.id}":
+        problems.append(f"terraform/aws: app_settings must set {names.SETTING_AUDIT_ANCHOR} to the anchor bucket")
+    return problems
+
+
 def check_aws(doc: dict[str, Any], backend_source: str | None = None) -> list[str]:
     problems = check_parsed(doc, 10, "terraform/aws")
     if problems:
@@ -521,10 +572,12 @@ def check_aws(doc: dict[str, Any], backend_source: str | None = None) -> list[st
     if backend_source is None:
         backend_source = AWS_BACKEND_FILE.read_text(encoding="utf-8")
 
-    # S3: one bucket; the containers are the first key segment, used in the IAM policy.
-    buckets = tf_resources(doc, "aws_s3_bucket")
+    # S3: one data bucket; the containers are the first key segment, used in the IAM policy.
+    buckets = dict(tf_resources(doc, "aws_s3_bucket"))
+    anchor = buckets.pop(AWS_ANCHOR_BUCKET, None)
     if len(buckets) != 1:
-        problems.append(f"terraform/aws: expected exactly one S3 bucket, found {len(buckets)}")
+        problems.append(f"terraform/aws: expected exactly one S3 data bucket, found {len(buckets)}")
+    problems += check_aws_anchor(doc, anchor)
     problems += check_names(
         set(local.get("containers", [])), set(names.CONTAINERS), "terraform/aws containers (key prefixes)"
     )
@@ -737,7 +790,7 @@ def test_backups_cool_then_expire() -> None:
     assert tf_base["delete_after_days_since_modification_greater_than"] == "${var.backup_retention_days}"
 
     aws = tf_aws()
-    ((_, lifecycle),) = tf_resources(aws, "aws_s3_bucket_lifecycle_configuration")
+    lifecycle = dict(tf_resources(aws, "aws_s3_bucket_lifecycle_configuration"))["data"]
     aws_backup = [r for r in lifecycle["rule"] if _block(r, "filter").get("prefix") == "${local.backup_container}/"]
     assert len(aws_backup) == 1 and aws["locals"]["backup_container"] == names.CONTAINER_BACKUPS
     assert _block(aws_backup[0], "transition")["storage_class"] == "STANDARD_IA"
@@ -788,14 +841,18 @@ def test_aws_tables_and_queues_match_the_backend() -> None:
     assert "maxReceiveCount = local.max_receive_count" in redrive
     assert doc["locals"]["max_receive_count"] == 5
 
-    ((_, versioning),) = tf_resources(doc, "aws_s3_bucket_versioning")
-    assert _block(versioning, "versioning_configuration")["status"] == "Enabled"
-    ((_, block),) = tf_resources(doc, "aws_s3_bucket_public_access_block")
-    assert all(
-        _tf_bool(block[k])
-        for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
-    )
-    assert tf_resources(doc, "aws_s3_bucket_server_side_encryption_configuration")
+    # The data bucket and the audit anchor bucket alike.
+    versionings = tf_resources(doc, "aws_s3_bucket_versioning")
+    blocks = tf_resources(doc, "aws_s3_bucket_public_access_block")
+    assert sorted(name for name, _ in versionings) == sorted(name for name, _ in blocks) == ["audit_anchor", "data"]
+    for _, versioning in versionings:
+        assert _block(versioning, "versioning_configuration")["status"] == "Enabled"
+    for _, block in blocks:
+        assert all(
+            _tf_bool(block[k])
+            for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
+        )
+    assert len(tf_resources(doc, "aws_s3_bucket_server_side_encryption_configuration")) == 2
 
 
 # ---- the checks can fail -----------------------------------------------------------------
@@ -891,3 +948,16 @@ def test_setting_rule_rejects_the_rest(name: str) -> None:
 def test_connection_string_settings_are_refused_in_templates(name: str) -> None:
     problems = check_settings({name: "UseDevelopmentStorage=true"}, "t", terraform=False)
     assert f"t: {name} holds a connection string; use the identity-based settings" in problems
+
+
+def test_checks_fail_when_the_audit_anchor_is_not_write_once() -> None:
+    unlocked = [(n, t.replace("object_lock_enabled = true", "object_lock_enabled = false")
+                 .replace('mode = "COMPLIANCE"', 'mode = "GOVERNANCE"')) for n, t in _tf_texts(TF_AWS_DIR)]
+    problems = check_aws(parse_tf(unlocked))
+    assert any("object_lock_enabled = true" in p for p in problems), problems
+    assert any("COMPLIANCE" in p for p in problems), problems
+    appendable = _bicep_text().replace("allowProtectedAppendWrites: false", "allowProtectedAppendWrites: true")
+    assert any("immutability policy" in p for p in check_bicep(parse_bicep(appendable)))
+    unprotected = [(n, t.replace("immutability_period_in_days           = var.audit_anchor_retention_days", ""))
+                   for n, t in _tf_texts(TF_AZURE_DIR)]
+    assert any("immutability policy" in p for p in check_tf_azure(parse_tf(unprotected)))

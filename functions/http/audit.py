@@ -89,6 +89,9 @@ class StatusOut(BaseModel):
     newest_audited_at: str | None = Field(description="When that change was made (ISO-8601 UTC).")
     examined_seq: int = Field(description="Every change up to this seq has been examined for the log.")
     log_size: int = Field(description="Entries in the audit log (the signed checkpoint's size).")
+    anchored_size: int | None = Field(
+        default=None, description="Size of the newest checkpoint also written to the anchor store (0: none yet); "
+                                  "null when anchoring (STOWAGE_AUDIT_ANCHOR) is not configured.")
 
 
 class EntryOut(BaseModel):

@@ -65,6 +65,11 @@ param noncurrentVersionRetentionDays int = 30
 @maxValue(365)
 param softDeleteRetentionDays int = 14
 
+@description('Days each anchored audit checkpoint stays immutable (container-level WORM on the audit anchor container).')
+@minValue(1)
+@maxValue(146000)
+param auditAnchorRetentionDays int = 365
+
 @description('Log Analytics retention, in days.')
 @minValue(30)
 @maxValue(730)
@@ -111,6 +116,8 @@ var queueNames = [
   'stowage-commands'
   'stowage-commands-poison'
 ]
+// The audit log's anchor (STOWAGE_AUDIT_ANCHOR=container:<name>), with an immutability policy.
+var auditAnchorContainerName = 'stowage-audit-anchor'
 // Flex Consumption reads the deployment package from this container.
 var deploymentContainerName = 'app-package'
 
@@ -208,6 +215,29 @@ resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2
     }
   }
 ]
+
+// Every signed audit checkpoint is also written here, create-only (shared/storage/tlog.py,
+// Anchoring). The container-level WORM time-based retention makes each blob immutable for
+// auditAnchorRetentionDays from its creation: blobs can be created, none modified or deleted.
+// Deployed unlocked (the account owner can still shorten or remove it); lock it to make it
+// irreversible (docs/deploy.md).
+resource auditAnchorContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: auditAnchorContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource auditAnchorImmutability 'Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies@2023-05-01' = {
+  parent: auditAnchorContainer
+  name: 'default'
+  properties: {
+    immutabilityPeriodSinceCreationInDays: auditAnchorRetentionDays
+    allowProtectedAppendWrites: false
+    allowProtectedAppendWritesAll: false
+  }
+}
 
 resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
@@ -516,6 +546,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'STOWAGE_OFFLOAD_THRESHOLD_BYTES'
           value: string(offloadThresholdBytes)
         }
+        {
+          name: 'STOWAGE_AUDIT_ANCHOR'
+          value: 'container:${auditAnchorContainerName}'
+        }
         // The queue trigger's connection (connection="STOWAGE_QUEUE_CONNECTION"), identity-based.
         {
           name: 'STOWAGE_QUEUE_CONNECTION__queueServiceUri'
@@ -555,6 +589,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   dependsOn: [
     deploymentContainer
     containers
+    auditAnchorImmutability
     tables
     queues
     storageRoles

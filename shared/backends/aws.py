@@ -32,6 +32,17 @@ names in the contract, so they never clash with user properties.
 
 Credentials come from boto3's default chain (environment, profile, instance or
 function role), never from Stowage settings.
+
+Write-once buckets (:class:`AwsObjectLockBackend`, the audit log's anchor): a bucket
+created with S3 Object Lock and a default retention in COMPLIANCE mode, so every
+object version is locked for that many days from its write, against everyone,
+including the account's root. The retention is the bucket's (set where the bucket is
+provisioned, e.g. infra/terraform/aws), not sent per write, so the app needs no
+``s3:PutObjectRetention``. Its blob stores (:class:`ObjectLockBlobStore`) only
+create (``IfNoneMatch``), never delete, and read a key only while it has exactly
+one version: S3 lets anyone allowed to ``PutObject`` add a newer version over a
+locked one (or a delete marker), which leaves the locked original in place but is
+reported as a rewrite (Conflict) rather than read; listings include such keys.
 """
 
 from __future__ import annotations
@@ -940,3 +951,104 @@ class AwsQueueStore(QueueStore):
         with _aws(f"length of {self.name}"):
             attributes = self._sqs.get_queue_attributes(QueueUrl=self._url, AttributeNames=names)["Attributes"]
         return sum(int(attributes.get(name, 0)) for name in names)
+
+
+# --------------------------------------------------------------------------- write-once buckets (S3 Object Lock)
+
+
+class AwsObjectLockBackend(AwsBackend):
+    """An S3 bucket with Object Lock (COMPLIANCE default retention): blob stores only, all write-once.
+
+    :meth:`ensure` never creates the bucket (Object Lock is a provisioning decision);
+    it checks that the bucket has Object Lock enabled with a COMPLIANCE default
+    retention, and says what to fix otherwise.
+    """
+
+    def _make_blobs(self, container: str) -> BlobStore:
+        return ObjectLockBlobStore(self, container)
+
+    def _ensure_container(self, name: str) -> None:
+        bucket = self.options.bucket
+
+        def unlocked(exc: ClientError) -> StowageError | None:
+            if _code(exc) == "ObjectLockConfigurationNotFoundError":
+                return InvalidInput(f"S3 bucket {bucket} has no Object Lock: create it with Object Lock enabled "
+                                    "and a default retention in COMPLIANCE mode")
+            return None
+
+        with _aws(f"object lock configuration of bucket {bucket}", unlocked):
+            configuration = self._s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+        retention = configuration.get("Rule", {}).get("DefaultRetention", {})
+        if configuration.get("ObjectLockEnabled") != "Enabled" or retention.get("Mode") != "COMPLIANCE":
+            raise InvalidInput(f"S3 bucket {bucket} must have Object Lock enabled with a default retention in "
+                               f"COMPLIANCE mode (it has {configuration!r})")
+
+    def _ensure_table(self, name: str) -> None:
+        raise InvalidInput("a write-once bucket holds blobs only")
+
+    def _ensure_queue(self, name: str) -> None:
+        raise InvalidInput("a write-once bucket holds blobs only")
+
+
+class ObjectLockBlobStore(AwsBlobStore):
+    """Blobs of a write-once (Object Lock) bucket: create-only puts, no deletes, reads of unrewritten keys.
+
+    A key with more than one version or with a delete marker was written over after
+    its locked first version: :meth:`get` and :meth:`head` raise Conflict naming it
+    (the first version is still in the bucket, for an investigation); :meth:`list`
+    lists every key that has a version or a delete marker, so a hidden one still shows.
+    """
+
+    def _put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str],
+             if_match: str | None, if_none_match: bool) -> BlobProperties:
+        if not if_none_match:
+            raise InvalidInput(f"blobs of the write-once bucket {self._bucket} are created once (if_none_match)")
+        return super()._put(key, data, content_type, metadata, None, True)
+
+    def _delete(self, key: str, if_match: str | None) -> None:
+        raise InvalidInput(f"blobs of the write-once bucket {self._bucket} are never deleted")
+
+    def _get(self, key: str) -> Blob:
+        self._check_single_version(key)
+        return super()._get(key)
+
+    def _head(self, key: str) -> BlobProperties:
+        self._check_single_version(key)
+        return super()._head(key)
+
+    def _check_single_version(self, key: str) -> None:
+        full = self._root + key
+        with _aws(f"versions of blob {key!r}"):
+            response = self._s3.list_object_versions(Bucket=self._bucket, Prefix=full, MaxKeys=16)
+        versions = [v for v in response.get("Versions", []) if v["Key"] == full]
+        markers = [m for m in response.get("DeleteMarkers", []) if m["Key"] == full]
+        if not versions and not markers:
+            raise NotFound(f"blob {key!r} not found in {self.container}")
+        if len(versions) != 1 or markers:
+            raise Conflict(f"blob {key!r} of the write-once bucket {self._bucket} was written over after it was "
+                           f"written ({len(versions)} versions, {len(markers)} delete markers); its first, locked "
+                           "version is the original")
+
+    def _list(self, prefix: str, limit: int, continuation: str | None) -> Page[BlobProperties]:
+        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Prefix": self._root + prefix, "MaxKeys": limit}
+        if continuation is not None:
+            state = decode_continuation(continuation)
+            key_marker, version_marker = state.get("k"), state.get("v")
+            if (not isinstance(key_marker, str) or not isinstance(version_marker, str)
+                    or state.get("c") != self.container or state.get("p") != prefix):
+                raise InvalidInput("continuation token does not belong to this listing")
+            kwargs["KeyMarker"], kwargs["VersionIdMarker"] = key_marker, version_marker
+        with _aws(f"list blob versions under {prefix!r}"):
+            response = self._s3.list_object_versions(**kwargs)
+        seen: dict[str, BlobProperties] = {}
+        for entry in [*response.get("Versions", []), *response.get("DeleteMarkers", [])]:
+            key = entry["Key"]
+            if key != self._root and key not in seen:
+                seen[key] = BlobProperties(key[len(self._root):], str(entry.get("ETag", "")),
+                                           int(entry.get("Size", 0)), "", {}, entry.get("LastModified"))
+        items = [seen[key] for key in sorted(seen)]
+        token_out = None
+        if response.get("IsTruncated"):
+            token_out = encode_continuation({"c": self.container, "p": prefix, "k": response.get("NextKeyMarker", ""),
+                                             "v": response.get("NextVersionIdMarker", "")})
+        return Page(items, token_out)

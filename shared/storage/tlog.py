@@ -49,7 +49,8 @@ holds a lease); the checkpoint's ETag keeps a second one from committing. An app
    the first). A lost race is :class:`LogConflict` and nothing was signed over the
    winner's tree;
 5. after the commit, checks the objects it wrote still carry the ETags its writes
-   returned, and writes back any that a losing writer replaced meanwhile.
+   returned, and writes back any that a losing writer replaced meanwhile;
+6. with an anchor store, writes the new checkpoint there (see Anchoring below).
 
 Guarantees: every checkpoint ever written extends the one it replaced (never a
 fork, never a shrink); the entries, tiles and bundles a checkpoint covers are there
@@ -66,11 +67,41 @@ The only way to lose integrity is two writers at once where one stalls for longe
 than the other's whole append between step 2's checkpoint check and its overwrite;
 the lease rules that out, and :func:`verify_log` reports it if it ever happens.
 
+Anchoring (optional: a :class:`Log` given an ``anchor`` store). Someone who can
+write the primary store (and holds the signing key) can replace the whole log by a
+validly signed other one: a fork of the same size, or an older, shorter tree. An
+anchor is a second store, ideally write-once (an S3 bucket with Object Lock, a
+container with an immutability policy), that keeps every checkpoint the log
+signed, under the same ``prefix``::
+
+    anchor/<10**20 - 1 - size, 20 digits>    the signed note of that size, create-only
+
+One immutable key per size, and nothing mutable beside it (no "latest" pointer an
+attacker could move): the keys count down, so a listing in key order starts with the
+newest. Step 6 of an append writes the new note there (:meth:`Log.anchor_checkpoint`),
+create-only; a note already there with the same body (origin, size, root) is kept
+(a retry, or a rotated key's signature), one with another body is
+:class:`LogCorrupt`: the log was rewritten after that size was anchored.
+Crash behaviour: a crash (or a failed anchor write) after step 4 leaves the new
+checkpoint committed but not anchored; the append's caller sees an error although
+the entries are in the log (a retry finds them there). A writer heals that by
+calling :meth:`Log.anchor_checkpoint` (no argument: the current checkpoint) before
+its next append, as the audit sequencer does on every run; it also learns there, by
+:class:`LogCorrupt`, that the current checkpoint is off the anchored one, before it
+builds on it. Only a checkpoint replaced before anyone healed it would never be
+anchored. An anchor behind the log is therefore normal for a moment; an anchor ahead
+of it, or off its tree, never is.
+
 Verifying (:func:`verify_log`): reads every bundle and tile the checkpoint covers,
 recomputes every leaf hash from the entries and every tile from the level below,
 recomputes the root, checks the checkpoint's signature and, given a trusted
-checkpoint saved earlier, that the current tree extends it. Every problem found is
-reported, not just the first. It holds 32 bytes per entry in memory.
+checkpoint saved earlier, that the current tree extends it. Given the anchor store,
+every anchored note must verify and name the size of its key, and the log must
+extend each one: its size at most the log's, and the root of the first ``size``
+entries recomputed from the bundles equal to its root. That catches a primary
+rewritten, truncated or forked since, even when re-signed with the log's key. Every
+problem found is reported, not just the first. It holds 32 bytes per entry in memory,
+and reads every anchored note.
 """
 
 from __future__ import annotations
@@ -197,6 +228,27 @@ def tile_path(level: int, n: int, width: int = TILE_WIDTH) -> str:
 def bundle_path(n: int, width: int = TILE_WIDTH) -> str:
     """``tile/entries/<N>[.p/<W>]`` (relative to the log's prefix)."""
     return f"tile/entries/{tile_index_path(n)}{_suffix(width)}"
+
+
+#: Anchor keys count down from here, so that a listing in key order starts with the newest.
+_ANCHOR_TOP = 10**20 - 1
+ANCHOR_DIR = "anchor/"
+
+
+def anchor_path(size: int) -> str:
+    """``anchor/<10**20 - 1 - size, 20 digits>`` (relative to the log's prefix): one key per tree size."""
+    if not isinstance(size, int) or not 0 < size <= _ANCHOR_TOP:
+        raise InvalidInput(f"an anchored tree size is from 1 to {_ANCHOR_TOP}, not {size!r}")
+    return f"{ANCHOR_DIR}{_ANCHOR_TOP - size:020d}"
+
+
+def anchored_size(path: str) -> int | None:
+    """The tree size an anchor key (relative to the prefix) names; None for any other key."""
+    name = path.removeprefix(ANCHOR_DIR)
+    if name == path or len(name) != 20 or not name.isascii() or not name.isdigit():
+        return None
+    size = _ANCHOR_TOP - int(name)
+    return size if size > 0 else None
 
 
 def encode_bundle(entries: Sequence[bytes]) -> bytes:
@@ -600,7 +652,8 @@ class Log:
 
     ``signer`` signs new checkpoints (None: a read-only log). ``verifiers`` are the
     keys whose signatures make a checkpoint trusted; the signer's own key is added.
-    Keys rotate by signing with the new key while readers trust both.
+    Keys rotate by signing with the new key while readers trust both. ``anchor``:
+    a second store every new checkpoint is also written to (module doc, Anchoring).
     """
 
     def __init__(
@@ -610,6 +663,7 @@ class Log:
         origin: str,
         signer: NoteSigner | None = None,
         verifiers: Iterable[NoteVerifier] | Mapping[str, NoteVerifier] = (),
+        anchor: BlobStore | None = None,
     ) -> None:
         if not isinstance(prefix, str) or not prefix.strip("/"):
             raise InvalidInput("a log needs a non-empty blob prefix")
@@ -625,6 +679,8 @@ class Log:
         self.verifiers: tuple[NoteVerifier, ...] = tuple(known)
         if not self.verifiers:
             raise InvalidInput("a log needs a signer or at least one verifier")
+        #: Where every checkpoint is also written (module doc, Anchoring); None: not anchored.
+        self.anchor = anchor
 
     # ----------------------------------------------------------------- reading
 
@@ -737,7 +793,57 @@ class Log:
         note = sign_checkpoint(self.signer, self.origin, new_size, new_root, previous=previous, proof=proof)
         self._commit(note, etag)
         self._repair(writes)
+        if self.anchor is not None:
+            self.anchor_checkpoint(note)
         return AppendResult(old_size, new_size, new_root, note)
+
+    # ----------------------------------------------------------------- anchoring
+
+    def anchor_checkpoint(self, note: str | None = None) -> Checkpoint | None:
+        """Write ``note`` (default: the current checkpoint) to the anchor, create-only; returns it.
+
+        Idempotent: a note of the same body already anchored is kept. One of another
+        body at that size is :class:`LogCorrupt` (the log was forked: do not extend it).
+        None when the log is empty; InvalidInput without an anchor store.
+        """
+        if self.anchor is None:
+            raise InvalidInput(f"log {self.origin!r} has no anchor store")
+        checkpoint = self._parse(note.encode("utf-8")) if note is not None else self.checkpoint()
+        if checkpoint.size == 0:
+            return None
+        key = self.prefix + anchor_path(checkpoint.size)
+        data = checkpoint.note.encode("utf-8")
+        try:
+            self.anchor.put(key, data, content_type=CHECKPOINT_CONTENT_TYPE, if_none_match=True)
+            return checkpoint
+        except AlreadyExists:
+            pass
+        try:
+            anchored = self._parse(self.anchor.get(key).data)
+        except Conflict as exc:  # a write-once store saw it written over: evidence, not contention
+            raise LogCorrupt(f"the anchored checkpoint {key} of log {self.origin!r} was written over: {exc}") from exc
+        if anchored.body() != checkpoint.body():
+            raise LogCorrupt(
+                f"log {self.origin!r} has size {checkpoint.size} root {checkpoint.root.hex()}, but the anchor holds "
+                f"root {anchored.root.hex()} for that size: the log was rewritten since; run verify"
+            )
+        return anchored
+
+    def is_anchored(self, size: int) -> bool:
+        """Whether the anchor holds a checkpoint of ``size`` (its content is not checked here)."""
+        if self.anchor is None:
+            raise InvalidInput(f"log {self.origin!r} has no anchor store")
+        return self.anchor.exists(self.prefix + anchor_path(size))
+
+    def newest_anchored(self) -> int:
+        """The size of the newest anchored checkpoint (by key; 0: none), with one listing call."""
+        if self.anchor is None:
+            raise InvalidInput(f"log {self.origin!r} has no anchor store")
+        for item in self.anchor.list(self.prefix + ANCHOR_DIR, limit=1).items:
+            size = anchored_size(item.key.removeprefix(self.prefix))
+            if size is not None:
+                return size
+        return 0
 
     def _write_tree(self, batch: list[bytes], old_size: int, etag: str | None) -> list[_Write]:
         """Write the bundles and tiles of the tree grown by ``batch``; returns what was written."""
@@ -850,6 +956,9 @@ class VerifyReport:
     size: int = 0
     root: bytes = b""
     problems: list[Problem] = field(default_factory=list)
+    #: Anchored checkpoints read and checked (0 without an anchor store), and the newest one's size.
+    anchored: int = 0
+    anchored_size: int = 0
 
     @property
     def ok(self) -> bool:
@@ -869,6 +978,7 @@ def verify_log(
     verifiers: Iterable[NoteVerifier] | Mapping[str, NoteVerifier],
     *,
     trusted: str | None = None,
+    anchor: BlobStore | None = None,
 ) -> VerifyReport:
     """Recompute the whole log from its bundles and tiles and report every problem found.
 
@@ -876,8 +986,9 @@ def verify_log(
     bundle and tile the checkpoint covers exists with the right width; every entry's
     leaf hash equals its level 0 tile hash; every tile hash at level L >= 1 equals
     the MTH of the full tile below it; the root recomputed from the entries equals
-    the checkpoint's; and ``trusted`` (a checkpoint note saved earlier, also verified)
-    is the root of the first ``trusted.size`` entries, i.e. the log extends it.
+    the checkpoint's; ``trusted`` (a checkpoint note saved earlier, also verified)
+    is the root of the first ``trusted.size`` entries, i.e. the log extends it; and
+    so is every checkpoint of the ``anchor`` store (module doc, Anchoring).
     """
     keys = list(verifiers.values()) if isinstance(verifiers, Mapping) else list(verifiers)
     prefix = prefix.strip("/") + "/"
@@ -949,7 +1060,82 @@ def verify_log(
                     report.add(
                         "inconsistent", "checkpoint", f"the first {earlier.size} entries do not have the trusted root"
                     )
+    if anchor is not None:
+        _verify_anchors(anchor, prefix, origin, keys, size, known_prefix(leaf_hashes), report)
     return report
+
+
+def known_prefix(hashes: Sequence[bytes | None]) -> list[bytes]:
+    """The hashes up to the first unknown one."""
+    known: list[bytes] = []
+    for value in hashes:
+        if value is None:
+            break
+        known.append(value)
+    return known
+
+
+def roots_at(hashes: Sequence[bytes], sizes: Iterable[int]) -> dict[int, bytes]:
+    """MTH of the first ``s`` leaf hashes for each ``s`` of ``sizes`` within 1..len(hashes), in one pass."""
+    roots: dict[int, bytes] = {}
+    stack: list[tuple[int, bytes]] = []
+    done = 0
+    for target in sorted({s for s in sizes if 0 < s <= len(hashes)}):
+        for value in hashes[done:target]:
+            size, current = 1, value
+            while stack and stack[-1][0] == size:
+                left_size, left = stack.pop()
+                size, current = left_size + size, node_hash(left, current)
+            stack.append((size, current))
+        done = target
+        root = stack[-1][1]
+        for _, left in reversed(stack[:-1]):
+            root = node_hash(left, root)
+        roots[target] = root
+    return roots
+
+
+def _verify_anchors(anchor: BlobStore, prefix: str, origin: str, keys: list[NoteVerifier], size: int,
+                    leaf_hashes: list[bytes], report: VerifyReport) -> None:
+    """Every anchored note verifies, names its key's size, and the log (``size``, ``leaf_hashes``) extends it."""
+    anchored: dict[int, Checkpoint] = {}
+    for item in anchor.list_all(prefix + ANCHOR_DIR):
+        key = item.key.removeprefix(prefix)
+        wanted = anchored_size(key)
+        if wanted is None:
+            report.add("anchor-invalid", key, "not an anchored checkpoint's key")
+            continue
+        if wanted in anchored:
+            continue  # a listing of versions names a key once per version
+        report.anchored_size = max(report.anchored_size, wanted)
+        try:
+            data = anchor.get(item.key).data
+            note = parse_checkpoint(data.decode("utf-8"), origin, keys)
+        except UnicodeDecodeError as exc:
+            report.add("anchor-invalid", key, f"not a checkpoint note: {exc}")
+            continue
+        except InvalidInput as exc:
+            report.add("anchor-invalid", key, f"the anchored checkpoint is not valid: {exc}")
+            continue
+        except StowageError as exc:  # gone since the listing, or rewritten (a write-once store says so)
+            report.add("anchor-unreadable", key, str(exc))
+            continue
+        if note.size != wanted:
+            report.add("anchor-invalid", key, f"holds a checkpoint of size {note.size}, not {wanted}")
+            continue
+        anchored[wanted] = note
+    report.anchored = len(anchored)
+    roots = roots_at(leaf_hashes, anchored)
+    for anchored_at, note in sorted(anchored.items()):
+        key = anchor_path(anchored_at)
+        if anchored_at > size:
+            report.add("anchor-inconsistent", key,
+                       f"the log has {size} entries but a checkpoint of size {anchored_at} was anchored: "
+                       "it was truncated or replaced since")
+        elif anchored_at in roots and roots[anchored_at] != note.root:
+            report.add("anchor-inconsistent", key,
+                       f"the first {anchored_at} entries do not have the anchored root: the log was rewritten "
+                       "or forked since")
 
 
 def _complete(hashes: Sequence[bytes | None]) -> list[bytes] | None:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import threading
@@ -21,7 +22,7 @@ from tlog_scales.reader import TilesReader
 from tlog_scales.signing import Vkey
 from tlog_scales.tlog import Checkpoint as ScalesCheckpoint
 
-from shared.backends import BlobStore
+from shared.backends import Backend, BlobStore
 from shared.backends.base import Blob, BlobProperties, Page
 from shared.errors import BackendUnavailable, InvalidInput
 from shared.storage.tlog import (
@@ -32,10 +33,13 @@ from shared.storage.tlog import (
     LogCorrupt,
     NoteSigner,
     NoteVerifier,
+    anchor_path,
+    anchored_size,
     bundle_path,
     encode_bundle,
     leaf_hash,
     parse_checkpoint,
+    roots_at,
     sign_checkpoint,
     tile_index_path,
     tile_path,
@@ -44,6 +48,7 @@ from shared.storage.tlog import (
     verify_log,
     verify_note,
 )
+from tests.conftest import Names
 
 DATA = Path(__file__).parent / "data" / "transparency-dev-merkle"
 ORIGIN = "example.com/audit/tenant-a"
@@ -544,3 +549,89 @@ def test_bad_input(blobs: BlobStore) -> None:
     with pytest.raises(InvalidInput):
         log.consistency_proof(1, 3)
     assert log.append([]).size == 2
+
+
+# --------------------------------------------------------------------------- anchoring
+
+
+def _independent_mth(hashes: list[bytes]) -> bytes:
+    """RFC 6962 MTH over leaf hashes, by the RFC's recursion."""
+    if len(hashes) == 1:
+        return hashes[0]
+    k = 1 << ((len(hashes) - 1).bit_length() - 1)
+    return hashlib.sha256(b"\x01" + _independent_mth(hashes[:k]) + _independent_mth(hashes[k:])).digest()
+
+
+def test_anchor_keys_name_their_size_and_list_newest_first() -> None:
+    sizes = [1, 9, 10, 255, 256, 1000, 10**12, 10**20 - 1]
+    keys = [anchor_path(size) for size in sizes]
+    assert [anchored_size(key) for key in keys] == sizes
+    assert sorted(keys) == list(reversed(keys))  # key order is newest first
+    assert all(re.fullmatch(r"anchor/\d{20}", key) for key in keys)
+    for bad in (0, -1, 10**20):
+        with pytest.raises(InvalidInput):
+            anchor_path(bad)
+    assert [anchored_size(k) for k in ("checkpoint", "anchor/123", "anchor/" + "9" * 20, "anchor/x" * 2)] == [None] * 4
+
+
+def test_roots_at_many_sizes_in_one_pass_match_the_rfc() -> None:
+    hashes = [leaf_hash(entry) for entry in _entries(70)]
+    sizes = [70, 1, 2, 3, 8, 13, 64, 65, 0, 71]
+    roots = roots_at(hashes, sizes)
+    assert sorted(roots) == [1, 2, 3, 8, 13, 64, 65, 70]  # 0 and beyond the hashes are not roots
+    assert all(root == _independent_mth(hashes[:size]) for size, root in roots.items())
+
+
+def test_every_checkpoint_is_anchored_and_verify_holds_the_log_to_each(backend: Backend, names: Names) -> None:
+    anchor_container = names.container + "-anchor"
+    backend.ensure(containers=[names.container, anchor_container])
+    blobs, anchor = backend.blobs(names.container), backend.blobs(anchor_container)
+    log = Log(blobs, PREFIX, ORIGIN, _signer(), anchor=anchor)
+    entries = _entries(301)
+    notes = [log.append(entries[:5]).checkpoint, log.append(entries[5:300]).checkpoint,
+             log.append(entries[300:]).checkpoint]
+    listed = [item.key for item in anchor.list_all(PREFIX)]
+    assert listed == [PREFIX + anchor_path(size) for size in (301, 300, 5)]  # newest first, nothing else
+    assert [anchor.get(key).data.decode() for key in reversed(listed)] == notes
+    assert log.newest_anchored() == 301 and log.is_anchored(300) and not log.is_anchored(299)
+    report = verify_log(blobs, PREFIX, ORIGIN, log.verifiers, anchor=anchor)
+    assert report.ok and (report.anchored, report.anchored_size) == (3, 301), report.problems
+    assert log.anchor_checkpoint() == log.checkpoint()  # idempotent
+
+    # A primary rolled back to size 300 (validly signed) is short of the newest anchor.
+    blobs.put(PREFIX + "checkpoint", notes[1].encode())
+    assert verify_log(blobs, PREFIX, ORIGIN, log.verifiers).ok  # the primary alone cannot tell
+    report = verify_log(blobs, PREFIX, ORIGIN, log.verifiers, anchor=anchor)
+    assert [(p.kind, p.key) for p in report.problems] == [("anchor-inconsistent", anchor_path(301))]
+    blobs.put(PREFIX + "checkpoint", notes[2].encode())
+
+    # A fork of the same size signed with the same key, copied over the primary: off every anchored tree.
+    fork = Log(blobs, "tlog/fork/", ORIGIN, _signer())
+    fork.append(_entries(301, "other"))
+    for item in list(blobs.list_all("tlog/fork/")):
+        blobs.put(PREFIX + item.key.removeprefix("tlog/fork/"), blobs.get(item.key).data)
+    assert verify_log(blobs, PREFIX, ORIGIN, log.verifiers).ok
+    report = verify_log(blobs, PREFIX, ORIGIN, log.verifiers, anchor=anchor)
+    assert {(p.kind, p.key) for p in report.problems} == {
+        ("anchor-inconsistent", anchor_path(size)) for size in (5, 300, 301)}
+    # The writer will not anchor (nor build on) the forked checkpoint: the anchor holds another root there.
+    with pytest.raises(LogCorrupt, match="rewritten"):
+        log.anchor_checkpoint()
+
+
+def test_a_bad_anchored_note_is_reported(backend: Backend, names: Names) -> None:
+    anchor_container = names.container + "-anchor"
+    backend.ensure(containers=[names.container, anchor_container])
+    blobs, anchor = backend.blobs(names.container), backend.blobs(anchor_container)
+    log = Log(blobs, PREFIX, ORIGIN, _signer(), anchor=anchor)
+    log.append(_entries(3))
+    stranger = NoteSigner.generate("example.com/other")
+    other = Log(blobs, "tlog/other/", ORIGIN, stranger)
+    other.append(_entries(4))
+    anchor.put(PREFIX + anchor_path(4), other.checkpoint().note.encode())  # signed by an unknown key
+    anchor.put(PREFIX + anchor_path(2), log.checkpoint().note.encode())  # size 3 under the key of size 2
+    anchor.put(PREFIX + "anchor/junk", b"x")
+    report = verify_log(blobs, PREFIX, ORIGIN, log.verifiers, anchor=anchor)
+    assert sorted((p.kind, p.key) for p in report.problems) == [
+        ("anchor-invalid", anchor_path(4)), ("anchor-invalid", anchor_path(2)), ("anchor-invalid", "anchor/junk")]
+    assert report.anchored == 1 and report.anchored_size == 4

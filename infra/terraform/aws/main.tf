@@ -1,6 +1,7 @@
 # Stowage's AWS backend (STOWAGE_BACKEND=aws): one S3 bucket, one DynamoDB table per logical
-# table, one SQS queue per logical queue with its "-poison" dead-letter queue, and an IAM policy
-# that grants exactly what the aws backend does on exactly these resources.
+# table, one SQS queue per logical queue with its "-poison" dead-letter queue, a write-once
+# (Object Lock) bucket anchoring the audit log, and an IAM policy that grants exactly what the
+# aws backend does on exactly these resources.
 #
 # Names are those of shared/names.py: tests/test_infra.py fails when they disagree.
 # What runs the queue workers with this backend: see docs/deploy.md.
@@ -29,6 +30,9 @@ locals {
   queues = [
     "stowage-commands",
   ]
+
+  # The audit anchor bucket's one key prefix (shared/stores.py ANCHOR_BUCKET_CONTAINER).
+  anchor_container = "stowage-anchor"
 
   # Same as the Functions host's maxDequeueCount (host.json): the 5th failed receive goes to -poison.
   max_receive_count = 5
@@ -165,6 +169,139 @@ resource "aws_s3_bucket_policy" "data" {
   depends_on = [aws_s3_bucket_public_access_block.data]
 }
 
+# ---- S3: the audit log's anchor (STOWAGE_AUDIT_ANCHOR=s3://<bucket>) -----------------------
+# Every signed audit checkpoint is also written here, create-only, so that rewriting the data
+# bucket is detectable (shared/storage/tlog.py, Anchoring). Object Lock in COMPLIANCE mode with a
+# default retention: every object version is locked for audit_anchor_retention_days from its
+# write, against everyone including the account root, and the app needs no retention action.
+# The bucket policy also refuses any write that is not create-only, and every delete.
+
+resource "aws_s3_bucket" "audit_anchor" {
+  #checkov:skip=CKV_AWS_18:Server access logs need a second log bucket; audit S3 data access with CloudTrail data events if required (account-level, out of scope).
+  #checkov:skip=CKV_AWS_144:Cross-region replication is a disaster-recovery choice left to the operator; the anchor is locked in place.
+  #checkov:skip=CKV2_AWS_62:The app does not consume S3 event notifications.
+  bucket              = var.audit_anchor_bucket_name
+  object_lock_enabled = true
+}
+
+resource "aws_s3_bucket_ownership_controls" "audit_anchor" {
+  bucket = aws_s3_bucket.audit_anchor.id
+
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "audit_anchor" {
+  bucket                  = aws_s3_bucket.audit_anchor.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+# Object Lock requires versioning; it cannot be suspended afterwards.
+resource "aws_s3_bucket_versioning" "audit_anchor" {
+  bucket = aws_s3_bucket.audit_anchor.id
+
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_object_lock_configuration" "audit_anchor" {
+  bucket = aws_s3_bucket.audit_anchor.id
+
+  rule {
+    default_retention {
+      mode = "COMPLIANCE"
+      days = var.audit_anchor_retention_days
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.audit_anchor]
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "audit_anchor" {
+  bucket = aws_s3_bucket.audit_anchor.id
+
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm = "aws:kms"
+    }
+    bucket_key_enabled = true
+  }
+}
+
+# Nothing expires: a version is deletable only after its retention, and only by an operator.
+resource "aws_s3_bucket_lifecycle_configuration" "audit_anchor" {
+  bucket = aws_s3_bucket.audit_anchor.id
+
+  rule {
+    id     = "abort-incomplete-multipart-uploads"
+    status = "Enabled"
+
+    filter {
+      prefix = ""
+    }
+
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.audit_anchor]
+}
+
+data "aws_iam_policy_document" "audit_anchor_bucket" {
+  statement {
+    sid     = "DenyInsecureTransport"
+    effect  = "Deny"
+    actions = ["s3:*"]
+    resources = [
+      aws_s3_bucket.audit_anchor.arn,
+      "${aws_s3_bucket.audit_anchor.arn}/*",
+    ]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+
+  # Create-only for everyone: a PutObject without If-None-Match could add a version over a
+  # locked note (the locked one stays, and the app reports the key as rewritten).
+  statement {
+    sid       = "DenyWritesThatAreNotCreateOnly"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.audit_anchor.arn}/*"]
+
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Null"
+      variable = "s3:if-none-match"
+      values   = ["true"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "audit_anchor" {
+  bucket     = aws_s3_bucket.audit_anchor.id
+  policy     = data.aws_iam_policy_document.audit_anchor_bucket.json
+  depends_on = [aws_s3_bucket_public_access_block.audit_anchor]
+}
+
 # ---- DynamoDB ----------------------------------------------------------------------------
 
 resource "aws_dynamodb_table" "app" {
@@ -254,6 +391,26 @@ data "aws_iam_policy_document" "app" {
       "s3:DeleteObject",
     ]
     resources = [for c in local.containers : "${aws_s3_bucket.data.arn}/${c}/*"]
+  }
+
+  # The audit anchor (AwsObjectLockBackend): check its Object Lock, list versions (a key written
+  # over, or hidden by a delete marker, is reported), read and create notes. No delete.
+  statement {
+    sid = "AuditAnchorBucket"
+    actions = [
+      "s3:GetBucketObjectLockConfiguration",
+      "s3:ListBucketVersions",
+    ]
+    resources = [aws_s3_bucket.audit_anchor.arn]
+  }
+
+  statement {
+    sid = "AuditAnchorObjects"
+    actions = [
+      "s3:GetObject",
+      "s3:PutObject",
+    ]
+    resources = ["${aws_s3_bucket.audit_anchor.arn}/${local.anchor_container}/*"]
   }
 
   # What shared/backends/aws.py calls (tests/test_infra.py derives this list from its boto3 calls).

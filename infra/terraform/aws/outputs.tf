@@ -27,5 +27,6 @@ output "app_settings" {
     STOWAGE_AWS_BUCKET       = aws_s3_bucket.data.id
     STOWAGE_AWS_TABLE_PREFIX = var.table_prefix
     STOWAGE_AWS_QUEUE_PREFIX = var.queue_prefix
+    STOWAGE_AUDIT_ANCHOR     = "s3://${aws_s3_bucket.audit_anchor.id}"
   }
 }

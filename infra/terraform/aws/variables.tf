@@ -14,6 +14,27 @@ variable "bucket_name" {
   }
 }
 
+variable "audit_anchor_bucket_name" {
+  description = "Globally unique name of the S3 bucket with Object Lock that anchors the audit log (STOWAGE_AUDIT_ANCHOR=s3://<name>)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.audit_anchor_bucket_name)) && var.audit_anchor_bucket_name != var.bucket_name
+    error_message = "audit_anchor_bucket_name must be a valid S3 bucket name, other than bucket_name."
+  }
+}
+
+variable "audit_anchor_retention_days" {
+  description = "Days every anchored audit checkpoint is locked (Object Lock COMPLIANCE: nobody, not even the account root, can delete it or shorten this before then). Verify logs against the anchor within this period."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = var.audit_anchor_retention_days >= 1
+    error_message = "audit_anchor_retention_days must be at least 1."
+  }
+}
+
 variable "table_prefix" {
   description = "DynamoDB table names are this prefix + the logical table name (STOWAGE_AWS_TABLE_PREFIX). Must not be empty: the app reads an empty value as its default, \"stowage-\"."
   type        = string

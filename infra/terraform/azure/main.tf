@@ -16,6 +16,8 @@ locals {
   ]
   backup_container = "stowage-backups"
   data_container   = "stowage-data"
+  # The audit anchor's container (STOWAGE_AUDIT_ANCHOR), with an immutability policy.
+  audit_anchor_container = "stowage-audit-anchor"
   tables = [
     "stowageapikeys",
     "stowageobjects",
@@ -116,6 +118,26 @@ resource "azurerm_storage_container" "app" {
   name                  = each.value
   storage_account_id    = azurerm_storage_account.main.id
   container_access_type = "private"
+}
+
+# The audit log's anchor (STOWAGE_AUDIT_ANCHOR=container:<name>): every signed audit checkpoint is
+# also written here, create-only (shared/storage/tlog.py, Anchoring). A container-level WORM
+# time-based retention policy makes each blob immutable for audit_anchor_retention_days from its
+# creation: new blobs can be created, none modified or deleted. Deployed unlocked (it can still be
+# shortened or removed by the account's owner); lock it to make it irreversible (docs/deploy.md).
+resource "azurerm_storage_container" "audit_anchor" {
+  #checkov:skip=CKV2_AZURE_21:Log Analytics storage insights needs the account key, which is disabled; blob resource logs go to Log Analytics through diagnostic settings instead.
+  name                  = local.audit_anchor_container
+  storage_account_id    = azurerm_storage_account.main.id
+  container_access_type = "private"
+}
+
+resource "azurerm_storage_container_immutability_policy" "audit_anchor" {
+  # With storage_account_id, a container's id is its Resource Manager id.
+  storage_container_resource_manager_id = azurerm_storage_container.audit_anchor.id
+  immutability_period_in_days           = var.audit_anchor_retention_days
+  protected_append_writes_enabled       = false
+  protected_append_writes_all_enabled   = false
 }
 
 resource "azurerm_storage_container" "deployment" {
@@ -303,6 +325,7 @@ resource "azurerm_function_app_flex_consumption" "main" {
     AZURE_CLIENT_ID                 = azurerm_user_assigned_identity.app.client_id
     STOWAGE_MAX_OBJECT_BYTES        = tostring(var.max_object_bytes)
     STOWAGE_OFFLOAD_THRESHOLD_BYTES = tostring(var.offload_threshold_bytes)
+    STOWAGE_AUDIT_ANCHOR            = "container:${local.audit_anchor_container}"
     # The queue trigger's connection (connection="STOWAGE_QUEUE_CONNECTION"), identity-based.
     STOWAGE_QUEUE_CONNECTION__queueServiceUri = azurerm_storage_account.main.primary_queue_endpoint
     STOWAGE_QUEUE_CONNECTION__credential      = "managedidentity"
@@ -313,6 +336,7 @@ resource "azurerm_function_app_flex_consumption" "main" {
 
   depends_on = [
     azurerm_storage_container.app,
+    azurerm_storage_container_immutability_policy.audit_anchor,
     azurerm_storage_queue.app,
     azapi_resource.table,
     azurerm_role_assignment.storage,

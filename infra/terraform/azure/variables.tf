@@ -111,6 +111,17 @@ variable "noncurrent_version_retention_days" {
   default     = 30
 }
 
+variable "audit_anchor_retention_days" {
+  description = "Days each anchored audit checkpoint stays immutable (container-level WORM on the audit anchor container). Verify logs against the anchor within this period."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = var.audit_anchor_retention_days >= 1 && var.audit_anchor_retention_days <= 146000
+    error_message = "audit_anchor_retention_days must be from 1 to 146000."
+  }
+}
+
 variable "soft_delete_retention_days" {
   description = "Days a deleted blob or container stays restorable (soft delete)."
   type        = number

@@ -22,6 +22,10 @@ budget, failed), so the next run visits it even when the feed has no hint for it
 Blobs of ``stowage-data``: the log of each tenant under ``audit/<tenant>/`` (C2SP
 tlog-tiles, :mod:`shared.storage.tlog`), and ``system/audit-signing-key`` (the
 generated key, when the setting is unset).
+
+Blobs of the anchor store (``STOWAGE_AUDIT_ANCHOR``, when set): every checkpoint of
+each tenant's log, ``audit/<tenant>/anchor/<10**20 - 1 - size, 20 digits>``,
+create-only (:func:`shared.storage.tlog.anchor_path`).
 """
 
 from __future__ import annotations

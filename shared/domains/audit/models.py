@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from shared.command_ops import CommandPayload
+
 #: Most changes examined per log append (one entry bundle's worth).
 APPEND_BATCH = 256
 #: Most entries one listing page returns.
@@ -51,13 +53,16 @@ _WARN_OPS = {"denied", "failed", "forbidden", "unauthorized", "revoke", "erase",
 def category_of(domain: str, op: str) -> AuditCategory:
     """The category of ``<domain>.<op>``: security domains by name, workflows, agent state, else data access.
 
-    Objects' reads and writes are data access (as cloud providers' "data access" logs); maintenance of
+    Objects' reads and writes, and every domain's recorded reads (``read``, ``read_<what>``: the
+    setting ``audit_reads``), are data access (as cloud providers' "data access" logs); maintenance of
     the system itself (backup, restore, retention) is a system change.
     """
     if domain in _SECURITY_DOMAINS:
         return _SECURITY_DOMAINS[domain]
     if op in ("denied", "forbidden"):
         return AuditCategory.AUTHORIZATION
+    if op == "read" or op.startswith("read_"):
+        return AuditCategory.DATA_ACCESS  # a recorded read (setting audit_reads) in any domain
     if op in _SYSTEM_OPS or domain in ("system", "platform"):
         return AuditCategory.SYSTEM_CHANGE
     if domain == "workflows":
@@ -151,6 +156,8 @@ class AuditStatus:
     examined_seq: int
     #: Entries in the log (the signed checkpoint's size).
     log_size: int
+    #: Size of the newest checkpoint written to the anchor (0: none yet); None when anchoring is not configured.
+    anchored_size: int | None = None
 
 
 @dataclass
@@ -193,7 +200,14 @@ class AuditVerifyReport:
     root: str = ""
     checkpoint: str | None = None
     problems: list[VerifyProblem] = field(default_factory=list)
+    #: Anchored checkpoints checked, and the newest one's size; None when anchoring is not configured.
+    anchored: int | None = None
+    anchored_size: int | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+class AuditSequencePayload(CommandPayload):
+    """``audit.sequence``: no fields; the envelope names the tenant whose pending changes to sequence now."""

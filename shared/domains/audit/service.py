@@ -30,6 +30,19 @@ Guarantees.
 * Tenancy: everything is under the tenant's partition and prefix; another tenant's
   entry, checkpoint or proof is a 404, its continuation token a 400.
 
+Anchoring (``STOWAGE_AUDIT_ANCHOR``, :meth:`shared.stores.Stores.audit_anchor`). With
+an anchor store, every checkpoint a tenant's log commits is also written there,
+create-only, under ``audit/<tenant>/anchor/<10**20 - 1 - size>`` (the tlog's
+Anchoring: one immutable key per size, newest first in key order, nothing mutable).
+Before it appends anything, a run that holds the tenant's lease anchors the log's
+current checkpoint (idempotent), so a crash between a commit and its anchor write
+heals at the next run that visits the tenant (its next change, a lagging mark, or
+an ``audit.sequence`` command); an anchor at that size with another root means the
+log was rewritten: the tenant is reported failed and nothing is appended on top.
+:meth:`AuditService.verify` checks every anchored checkpoint: its signature, and
+that the log extends it (not shorter, same root over its entries), so a log
+rewritten, truncated or forked since is caught even if re-signed with the key.
+
 Crash behaviour: a crash after the entry rows are written and before the checkpoint
 leaves rows whose ``index`` is not below the log's size: readers skip them, the next
 run reuses them. A crash after the append and before the cursor moves only costs a
@@ -148,6 +161,8 @@ class AuditService:
         self.instance = os.environ.get("WEBSITE_INSTANCE_ID") or socket.gethostname() or "unknown"
         self._signer: NoteSigner | None = None
         self._signer_lock = threading.Lock()
+        #: Where each checkpoint is also written (None: not anchored); see the module doc.
+        self.anchor = stores.audit_anchor()
 
     # ------------------------------------------------------------------ the key and the logs
 
@@ -176,7 +191,7 @@ class AuditService:
         return self.signer().verifier
 
     def _log(self, tenant: str, *, expected_size: int | None = None) -> _GuardedLog:
-        log_ = _GuardedLog(self.blobs, log_prefix(tenant), origin_of(tenant), self.signer())
+        log_ = _GuardedLog(self.blobs, log_prefix(tenant), origin_of(tenant), self.signer(), anchor=self.anchor)
         log_.expected_size = expected_size
         return log_
 
@@ -247,6 +262,8 @@ class AuditService:
             return
         caught_up = False
         try:
+            if self.anchor is not None:  # heal a crash between an earlier commit and its anchor write
+                self._log(tenant).anchor_checkpoint()
             while not budget.exhausted:
                 if not self._audit_batch(tenant, budget, result):
                     caught_up = True
@@ -421,7 +438,8 @@ class AuditService:
         examined = max(newest_seq, int(cursor.get("seq")) if cursor is not None else 0)
         return AuditStatus(tenant=tenant, newest_seq=feed.newest_seq, newest_sequenced_at=feed.newest_at,
                            pending=feed.pending, pending_exact=feed.pending_exact, newest_audited_seq=newest_seq,
-                           newest_audited_at=newest_at, examined_seq=examined, log_size=size)
+                           newest_audited_at=newest_at, examined_seq=examined, log_size=size,
+                           anchored_size=reader.newest_anchored() if self.anchor is not None else None)
 
     def checkpoint(self, tenant: str) -> str:
         """The tenant's current signed checkpoint note; NotFound before its first entry."""
@@ -515,15 +533,19 @@ class AuditService:
         """Recompute the tenant's whole log and check every entry; every problem found is reported.
 
         The tlog checks (:func:`shared.storage.tlog.verify_log`: bundles, tiles, root, the
-        checkpoint's signature, consistency with ``trusted``), then per entry: it parses, names
-        this tenant, its feed seq grows strictly, its row holds the same bytes, and, unless
-        erased, the row's salt and details hash to the entry's ``details_sha256``.
+        checkpoint's signature, consistency with ``trusted`` and, when anchoring is configured,
+        with every anchored checkpoint), then per entry: it parses, names this tenant, its feed
+        seq grows strictly, its row holds the same bytes, and, unless erased, the row's salt
+        and details hash to the entry's ``details_sha256``.
         """
         check_tenant(tenant)
         keys = list(verifiers) if verifiers is not None else [self.verifier()]
-        report = verify_log(self.blobs, log_prefix(tenant), origin_of(tenant), keys, trusted=trusted)
+        report = verify_log(self.blobs, log_prefix(tenant), origin_of(tenant), keys, trusted=trusted,
+                            anchor=self.anchor)
         result = AuditVerifyReport(tenant=tenant, size=report.size, root=_b64(report.root) if report.root else "",
                                    problems=[VerifyProblem(p.kind, p.key, p.detail) for p in report.problems])
+        if self.anchor is not None:
+            result.anchored, result.anchored_size = report.anchored, report.anchored_size
         try:
             result.checkpoint = self.blobs.get(log_prefix(tenant) + "checkpoint").data.decode("utf-8", "replace")
         except NotFound:

@@ -57,6 +57,7 @@ def test_the_auditor_reads_changes_status_checkpoint_entries_and_proofs(app) -> 
     assert [c["seq"] for c in rest["items"]] == [3, 4]
     status = _get(client, keys, "auditor", "/api/v1/audit/status").json()
     assert (status["newest_seq"], status["log_size"], status["newest_audited_seq"]) == (4, 4, 4)
+    assert status["anchored_size"] is None  # STOWAGE_AUDIT_ANCHOR is not set
     checkpoint = _get(client, keys, "auditor", "/api/v1/audit/checkpoint")
     assert checkpoint.headers["content-type"].startswith("text/plain")
     assert checkpoint.text.startswith(f"stowage.dev/audit/{tenant}\n4\n")
@@ -106,3 +107,21 @@ def test_another_tenant_sees_nothing_of_it(app) -> None:
     assert _get(client, keys, "stranger", "/api/v1/changes", continuation=token).status_code == 400
     assert client.delete("/api/v1/audit/entries/1/details",
                          headers={"Authorization": keys["stranger"]}).status_code == 404
+
+
+def test_the_status_reports_the_newest_anchored_checkpoint(anchored_stores: Stores) -> None:
+    tenant = f"ah{uuid.uuid4().hex[:10]}"
+    key = ApiKeyService(anchored_stores).create(tenant, scopes=("read", "admin"))[1]
+    service = AuditService(anchored_stores)
+    with TestClient(create_api(AppContext(anchored_stores.settings, anchored_stores))) as client:
+        def anchored() -> object:
+            answer = client.get("/api/v1/audit/status", headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200, answer.text
+            return answer.json()["anchored_size"]
+
+        assert anchored() == 0  # configured, nothing anchored yet
+        for round_size in (3, 2):
+            for i in range(round_size):
+                service.record(tenant, "objects", "put", "object", f"s{i}")
+            service.sequence_changes(tenant)
+        assert anchored() == 5

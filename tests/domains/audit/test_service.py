@@ -30,7 +30,16 @@ from shared.domains.audit.service import log_prefix, origin_of
 from shared.errors import InvalidInput, NotFound, StowageError
 from shared.request_context import Actor, RequestContext, acting_as
 from shared.storage.changefeed import ChangeRecord
-from shared.storage.tlog import Log, LogCorrupt, NoteSigner, bundle_path, tile_path, verify_consistency
+from shared.storage.tlog import (
+    Log,
+    LogCorrupt,
+    NoteSigner,
+    anchor_path,
+    anchored_size,
+    bundle_path,
+    tile_path,
+    verify_consistency,
+)
 from shared.stores import Stores
 
 # --------------------------------------------------------------------------- an independent RFC 6962
@@ -99,16 +108,29 @@ def _environment(settings: Settings) -> dict[str, str]:
                     names.SETTING_AWS_REGION: settings.aws_region, names.SETTING_AWS_BUCKET: settings.aws_bucket,
                     names.SETTING_AWS_TABLE_PREFIX: settings.aws_table_prefix,
                     names.SETTING_AWS_QUEUE_PREFIX: settings.aws_queue_prefix})
+    if settings.audit_anchor:
+        env[names.SETTING_AUDIT_ANCHOR] = settings.audit_anchor
     return env
 
 
 @pytest.fixture
 def verify_cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     """``verify_cli(tenant, *more_args) -> (exit code, output)``: ``stowage audit verify`` in-process."""
-    for name, value in _environment(settings).items():
-        monkeypatch.setenv(name, value)
+    return _cli(settings, monkeypatch, capsys)
 
+
+@pytest.fixture
+def anchored_verify_cli(anchored_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                        capsys: pytest.CaptureFixture[str]):
+    """``verify_cli`` with ``STOWAGE_AUDIT_ANCHOR`` set to the test's anchor."""
+    return _cli(anchored_settings, monkeypatch, capsys)
+
+
+def _cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     def run(tenant: str, *args: str) -> tuple[int, str]:
+        monkeypatch.delenv(names.SETTING_AUDIT_ANCHOR, raising=False)  # a test may run both kinds
+        for name, value in _environment(settings).items():
+            monkeypatch.setenv(name, value)
         capsys.readouterr()
         code = stowage(["audit", "verify", "--tenant", tenant, *args])
         return code, " ".join(capsys.readouterr().out.split())  # rich wraps long lines
@@ -557,3 +579,259 @@ def test_the_domains_own_writes_become_entries_and_unaudited_ones_do_not(stores:
                                                             ("objects.delete", "reports/q1")]
     assert entries[0].actor == {"type": "agent", "id": "bot-1"} and entries[0].metadata["transport"] == "queue"
     assert [e.seq for e in entries] == [1, 3]
+
+
+# --------------------------------------------------------------------------- the entries filter's scan bound
+
+
+def test_a_filtered_page_stops_after_the_scan_bound_and_its_continuation_resumes(
+        stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.domains.audit.service as service_module
+
+    monkeypatch.setattr(service_module, "SCAN_BOUND", 5)
+    service, tenant = AuditService(stores), _tenant()
+    for i in range(1, 13):
+        _record(service, tenant, "match" if i in (1, 9, 12) else f"other{i}")
+    service.sequence_changes(tenant)
+
+    def pages(**filters: Any) -> list[list[int]]:
+        found, token = [], None
+        while True:
+            page = service.entries(tenant, limit=100, continuation=token, **filters)
+            found.append([e.seq for e in page.items])
+            token = page.continuation
+            if token is None:
+                return found
+
+    # 12 entries, 5 scanned per page: rows 1-5, 6-10, 11-12; each page holds what its rows matched.
+    assert pages(target="match") == [[1], [9], [12]]
+    assert pages(target="nobody") == [[], [], []]  # empty pages that still go on, then stop
+    assert pages(target="match", after=9) == [[12]]  # 2 rows left: under the bound, no continuation
+    assert pages() == [list(range(1, 6)), list(range(6, 11)), [11, 12]]  # unfiltered pages obey it too
+
+
+# --------------------------------------------------------------------------- the audit.sequence queue op
+
+
+def test_the_sequence_command_sequences_the_tenant_now_and_a_redelivery_changes_nothing(stores: Stores) -> None:
+    from shared.commands import CommandProcessor
+
+    service, tenant, other = AuditService(stores), _tenant(), _tenant()
+    for i in range(3):
+        _record(service, tenant, f"q{i}")
+    _record(service, other, "not-asked")
+    processor = CommandProcessor(stores)
+    body = json.dumps({"version": 1, "op": "audit.sequence", "tenant": tenant,
+                       "idempotency_key": uuid.uuid4().hex, "payload": {}})
+    outcome = processor.process(body)
+    assert outcome.status == "applied" and "3 changes sequenced, 3 entries appended" in outcome.detail, outcome
+    assert [e.target["id"] for e in _all_entries(service, tenant)] == ["q0", "q1", "q2"]
+    assert service.status(other).pending == 1 and service.status(other).log_size == 0  # only the envelope's tenant
+    again = processor.process(body, dequeue_count=2)
+    assert again.status == "applied" and "0 changes sequenced, 0 entries appended" in again.detail, again
+    assert service.status(tenant).log_size == 3
+    bad = json.dumps({"version": 1, "op": "audit.sequence", "tenant": tenant,
+                      "idempotency_key": uuid.uuid4().hex, "payload": {"tenant": other}})
+    assert processor.process(bad).status == "poisoned"  # the payload is empty: no other tenant can be named
+
+
+# --------------------------------------------------------------------------- anchoring
+
+
+def _anchored_notes(stores: Stores, tenant: str) -> dict[int, str]:
+    """Every checkpoint note in the anchor for ``tenant``, by size (only anchor keys may be there)."""
+    anchor = stores.audit_anchor()
+    assert anchor is not None
+    prefix = log_prefix(tenant)
+    notes: dict[int, str] = {}
+    for item in anchor.list_all(prefix):
+        size = anchored_size(item.key.removeprefix(prefix))
+        assert size is not None, f"the anchor holds something else: {item.key}"
+        notes[size] = anchor.get(item.key).data.decode()
+    return notes
+
+
+def test_every_checkpoint_is_anchored_and_the_status_and_verify_report_it(anchored_stores: Stores, stores: Stores,
+                                                                          anchored_verify_cli) -> None:
+    service, tenant = AuditService(anchored_stores), _tenant()
+    for i in range(3):
+        _record(service, tenant, f"a{i}")
+    service.sequence_changes(tenant)
+    first = service.checkpoint(tenant)
+    for i in range(2):
+        _record(service, tenant, f"b{i}")
+    service.sequence_changes(tenant)
+    second = service.checkpoint(tenant)
+    assert _anchored_notes(anchored_stores, tenant) == {3: first, 5: second}
+    assert service.status(tenant).anchored_size == 5
+    assert AuditService(stores).status(tenant).anchored_size is None  # anchoring not configured
+    report = service.verify(tenant)
+    assert report.ok and (report.anchored, report.anchored_size) == (2, 5), report.problems
+    assert AuditService(stores).verify(tenant).anchored is None
+    code, out = anchored_verify_cli(tenant)
+    assert code == 0 and "extends all 2 anchored checkpoints (newest: size 5)" in out, out
+    # Anchoring again is a no-op; the anchor keeps one immutable note per size.
+    log = Log(anchored_stores.blobs(), log_prefix(tenant), origin_of(tenant), service.signer(),
+              anchor=anchored_stores.audit_anchor())
+    assert log.anchor_checkpoint() is not None and log.newest_anchored() == 5
+    assert _anchored_notes(anchored_stores, tenant) == {3: first, 5: second}
+    assert service.status(_tenant()).anchored_size == 0  # configured, nothing anchored yet
+
+
+class _DyingAnchor:
+    """The real anchor store, except that the write of one key kills the process (kill -9: no handler runs)."""
+
+    def __init__(self, inner: BlobStore, dies_on: str) -> None:
+        self._inner, self._dies_on = inner, dies_on
+
+    def put(self, key: str, data: bytes, **kwargs: Any) -> BlobProperties:
+        if key.endswith(self._dies_on):
+            raise _Killed(key)
+        return self._inner.put(key, data, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_crash_between_the_commit_and_the_anchor_write_is_healed_by_the_next_run(anchored_stores: Stores) -> None:
+    from shared.domains.audit.service import LEASE_SECONDS
+
+    healthy, tenant = AuditService(anchored_stores), _tenant()
+    for i in range(3):
+        _record(healthy, tenant, f"c{i}")
+    healthy.sequence_changes(tenant)
+    for i in range(2):
+        _record(healthy, tenant, f"d{i}")
+    dying = AuditService(anchored_stores)
+    dying.anchor = _DyingAnchor(dying.anchor, anchor_path(5))  # type: ignore[arg-type, assignment]
+    with pytest.raises(_Killed):
+        dying.sequence_changes(tenant)
+    assert healthy.status(tenant).log_size == 5  # committed in the primary ...
+    assert sorted(_anchored_notes(anchored_stores, tenant)) == [3]  # ... not anchored
+    assert healthy.verify(tenant).ok  # an anchor behind the log is not tampering
+
+    later = AuditService(anchored_stores, clock=lambda: time.time() + LEASE_SECONDS)  # any lease left has expired
+    later.sequence_changes(tenant)  # nothing new to append: the run still anchors the current checkpoint
+    assert _anchored_notes(anchored_stores, tenant) == {3: _anchored_notes(anchored_stores, tenant)[3],
+                                                        5: healthy.checkpoint(tenant)}
+    assert [e.target["id"] for e in _all_entries(healthy, tenant)] == ["c0", "c1", "c2", "d0", "d1"]
+    report = healthy.verify(tenant)
+    assert report.ok and report.anchored == 2, report.problems
+
+
+def _forge_the_primary(stores: Stores, service: AuditService, tenant: str) -> None:
+    """What an attacker with write access to the primary store and the signing key does: change an entry
+    (and its row, consistently), rebuild a valid tree of the same size and sign it with the log's key."""
+    from shared.backends import Entity
+    from shared.domains.audit import _layout as layout
+
+    blobs, prefix = stores.blobs(), log_prefix(tenant)
+    entries = list(Log(blobs, prefix, origin_of(tenant), verifiers=[service.verifier()]).entries())
+    document = json.loads(entries[2])
+    document["actor"] = {"type": "user", "id": "mallory"}
+    entries[2] = layout.canonical(document)
+    scratch = f"forge/{tenant}/"
+    Log(blobs, scratch, origin_of(tenant), service.signer()).append(entries)
+    for item in list(blobs.list_all(scratch)):
+        blobs.put(prefix + item.key.removeprefix(scratch), blobs.get(item.key).data)
+    table = stores.table(names.TABLE_AUDIT)
+    row = table.get(tenant, layout.entry_row(document["seq"]))
+    table.update(Entity(tenant, row.row_key, {**row.properties, "entry": entries[2].decode()}))
+
+
+@pytest.mark.parametrize("attack", ["fork", "truncate"])
+def test_a_rewritten_primary_is_caught_through_the_anchor_even_when_re_signed(
+        anchored_stores: Stores, stores: Stores, anchored_verify_cli, verify_cli, attack: str) -> None:
+    service, tenant = AuditService(anchored_stores), _tenant()
+    for i in range(4):
+        _record(service, tenant, f"e{i}")
+    service.sequence_changes(tenant)
+    older = service.checkpoint(tenant)
+    for i in range(4):
+        _record(service, tenant, f"f{i}")
+    service.sequence_changes(tenant)
+    if attack == "fork":  # another tree of the same size, validly signed
+        _forge_the_primary(stores, service, tenant)
+        assert service.checkpoint(tenant).split("\n")[1] == "8"
+    else:  # the log rolled back to an older checkpoint, validly signed
+        stores.blobs().put(log_prefix(tenant) + "checkpoint", older.encode())
+
+    # Without the anchor the rewrite passes every check: the tree, the signature, the rows.
+    assert AuditService(stores).verify(tenant).ok
+    code, out = verify_cli(tenant)
+    assert code == 0, out
+    # Through the anchor it does not.
+    report = service.verify(tenant)
+    assert {p.kind for p in report.problems} == {"anchor-inconsistent"}, report.problems
+    # The fork changed entry 2: both anchored trees (sizes 4 and 8) contain it. The rollback lost size 8.
+    assert {p.key for p in report.problems} == ({anchor_path(4), anchor_path(8)} if attack == "fork"
+                                                else {anchor_path(8)})
+    for problem in report.problems:
+        assert ("rewritten or forked" if attack == "fork" else "truncated or replaced") in problem.detail
+    code, out = anchored_verify_cli(tenant)
+    assert code == 1 and "FAILED" in out and "anchor-inconsistent" in out, out
+    if attack == "fork":  # and the sequencer does not build on a forked log
+        _record(service, tenant, "after")
+        result = service.sequence_changes(tenant)
+        assert tenant in result.failed and service.status(tenant).log_size == 8
+
+
+def test_the_s3_anchor_is_write_once_and_a_version_written_over_it_is_reported(
+        anchored_stores: Stores, anchored_settings: Settings, settings: Settings) -> None:
+    if settings.backend != "aws":
+        pytest.skip("S3 Object Lock is the aws anchor's; the local and azure anchors are containers (Azure's "
+                    "immutability policy is declared in infra/ and Azurite does not emulate it)")
+    from botocore.exceptions import ClientError
+
+    from shared.errors import AlreadyExists, Conflict
+    from shared.stores import ANCHOR_BUCKET_CONTAINER
+    from tests.domains.audit.conftest import s3_client
+
+    service, tenant = AuditService(anchored_stores), _tenant()
+    for i in range(2):
+        _record(service, tenant, f"g{i}")
+    service.sequence_changes(tenant)
+    anchor = anchored_stores.audit_anchor()
+    assert anchor is not None
+    key = log_prefix(tenant) + anchor_path(2)
+    original = anchor.get(key).data
+    bucket = str(anchored_settings.audit_anchor).removeprefix("s3://")
+    full = f"{ANCHOR_BUCKET_CONTAINER}/{key}"
+    s3 = s3_client(settings)
+    try:
+        [version] = s3.list_object_versions(Bucket=bucket, Prefix=full)["Versions"]
+        locked = s3.head_object(Bucket=bucket, Key=full, VersionId=version["VersionId"])
+        assert locked["ObjectLockMode"] == "COMPLIANCE" and locked["ObjectLockRetainUntilDate"]
+        with pytest.raises(ClientError) as refused:
+            s3.delete_object(Bucket=bucket, Key=full, VersionId=version["VersionId"])
+        assert refused.value.response["Error"]["Code"] == "AccessDenied"
+        with pytest.raises(AlreadyExists):
+            anchor.put(key, b"forged", if_none_match=True)
+        with pytest.raises(InvalidInput):
+            anchor.put(key, b"forged")  # the store never writes over
+        with pytest.raises(InvalidInput):
+            anchor.delete(key)
+        # S3 lets a PutObject add a version over a locked one: the original stays, and the rewrite is reported.
+        s3.put_object(Bucket=bucket, Key=full, Body=b"forged")
+        kept = s3.get_object(Bucket=bucket, Key=full, VersionId=version["VersionId"])["Body"].read()
+        assert kept == original
+        with pytest.raises(Conflict):
+            anchor.get(key)
+        _record(service, tenant, "after-the-rewrite")
+        result = service.sequence_changes(tenant)  # the sequencer will not build on it, nor call it contention
+        assert tenant in result.failed and tenant not in result.contended and service.status(tenant).log_size == 2
+        report = service.verify(tenant)
+        assert [(p.kind, p.key) for p in report.problems] == [("anchor-unreadable", anchor_path(2))]
+        # A delete marker does not hide the key from the anchor's listing either.
+        s3.delete_object(Bucket=bucket, Key=full)
+        assert key in [item.key for item in anchor.list_all(log_prefix(tenant))]
+        assert [p.kind for p in service.verify(tenant).problems] == ["anchor-unreadable"]
+        # A bucket without Object Lock is refused as an anchor, with what to do.
+        plain = f"plain-{uuid.uuid4().hex[:12]}"
+        s3.create_bucket(Bucket=plain)
+        unlocked = Stores(anchored_stores.backend, Settings(**{**_settings_dict(settings),
+                                                               "audit_anchor": f"s3://{plain}"}))
+        with pytest.raises(InvalidInput, match="Object Lock"):
+            unlocked.ensure()
+    finally:
+        s3.close()
