@@ -46,6 +46,15 @@ Guarantees:
   never the context). No-ops (an expiry finding the session active) and replays
   record nothing. Every read of the partition is by row key or the ``context``
   prefix, so outbox rows (``~outbox|``) are never read as session data.
+* Audited reads (setting ``audit_reads``, ``STOWAGE_AUDIT_READS``, off by default):
+  each :meth:`SessionService.get_context` that finds a context writes one record
+  (``sessions.read_context``: version, size and SHA-256 of the stored JSON, the same
+  SHA-256 its ``sessions.put_context`` recorded; never the context) as an outbox
+  insert of its own in the session's partition, before the context is returned. A
+  read that fails (404) records nothing; a record that cannot be written fails the
+  read with that error, so an audited read is never served unrecorded (a crash in
+  between leaves a record of a read nobody received). Reading the session itself
+  records nothing. Cost: one more table write per audited read.
 """
 
 from __future__ import annotations
@@ -95,7 +104,7 @@ from shared.keys import check_id, check_tenant
 from shared.storage.changefeed import ChangeRecord, canonical_digest
 from shared.storage.due import Budget, DueEntry, DueIndex
 from shared.storage.idempotency import Idempotency, IdempotencyKeyReused, lookup
-from shared.storage.mutate import Change, Codec, Outcome, RecordOf, find, mutate
+from shared.storage.mutate import Change, Codec, Outcome, RecordOf, find, mutate, write
 from shared.storage.retry import RetryPolicy
 from shared.storage.rows import json_field, stored_time
 from shared.stores import Stores
@@ -148,6 +157,8 @@ class SessionService:
         self._memory = MemoryService(stores)
         self.idle_seconds = stores.settings.session_idle_seconds
         self.max_context_bytes = stores.settings.max_object_bytes
+        #: Whether :meth:`get_context` records each read (``STOWAGE_AUDIT_READS``).
+        self.audit_reads = stores.settings.audit_reads
 
     # -- keys, kept for callers that inspect the layout
 
@@ -508,18 +519,35 @@ class SessionService:
 
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return self._mutate(pk, session_id, read, decide, idempotency, codec,
-                            lambda: self.get_context(tenant, session_id), tenant=tenant,
+                            lambda: self._context_row(tenant, session_id).result(session_id), tenant=tenant,
                             record=lambda result: self._record("sessions.put_context", session_id, {
                                 "version": result.version, "size": size, "sha256": digest}))
 
     def get_context(self, tenant: str, session_id: str) -> TaskContext:
-        """The session's task context; NotFound when the session or its context is absent."""
+        """The session's task context; NotFound when the session or its context is absent.
+
+        With ``audit_reads``, the read is recorded (``sessions.read_context``) before the
+        context is returned; when the record cannot be written the read fails with that error.
+        """
         self._check(tenant, session_id)
+        row = self._context_row(tenant, session_id)
+        if self.audit_reads:
+            text = row.context_json or "{}"
+            record = self._record("sessions.read_context", session_id, {
+                "version": row.version, "size": row.size, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()})
+            pk = session_pk(tenant, session_id)
+            ops = self._stores.outbox(tenant, names.TABLE_SESSIONS).ops(pk, record)
+            if ops:  # a read changes nothing to batch its record with; none when the stores record nothing
+                write(self._table, ops)
+        return row.result(session_id)
+
+    def _context_row(self, tenant: str, session_id: str) -> ContextRow:
+        """The stored context (read unrecorded); NotFound when the session or its context is absent."""
         entity = find(self._table, session_pk(tenant, session_id), CONTEXT_ROW)
         if entity is None:
             self._read(tenant, session_id)
             raise NotFound(f"session {session_id!r} has no context yet")
-        return ContextRow.decode(entity).result(session_id)
+        return ContextRow.decode(entity)
 
     # -- cleanup
 

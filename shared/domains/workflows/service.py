@@ -105,6 +105,17 @@ Guarantees:
   never the context. A decision to change nothing, and a replay, record nothing.
   Listings and delivery read index partitions, which hold no outbox rows, and the
   workflow's partition only by row key.
+* Audited reads (setting ``audit_reads``, ``STOWAGE_AUDIT_READS``, off by default):
+  each :meth:`WorkflowService.get` with ``include_context`` that finds the workflow
+  writes one record (``workflows.read_context``: status, ``seq`` and the SHA-256 of
+  the context text, the same SHA-256 the change that stored it recorded; never the
+  context) as an outbox insert of its own in the workflow's partition, before the
+  context is returned. A read that fails (404) records nothing; a record that
+  cannot be written fails the read with that error, so an audited read is never
+  served unrecorded (a crash in between leaves a record of a read nobody received).
+  A get without the context, and listings, record nothing; ``resume``, which hands
+  the context out, is a change and records ``workflows.resume``. Cost: one more
+  table write per audited read.
 """
 
 from __future__ import annotations
@@ -243,6 +254,8 @@ class WorkflowService:
         self._stores = stores
         self._due = DueIndex(self._table, layout.DUE_PREFIX, grace=IN_FLIGHT_GRACE_SECONDS)
         self.max_context_bytes = stores.settings.max_object_bytes
+        #: Whether :meth:`get` with the context records each read (``STOWAGE_AUDIT_READS``).
+        self.audit_reads = stores.settings.audit_reads
 
     # -- reading
 
@@ -250,7 +263,11 @@ class WorkflowService:
         return find(self._table, partition_key, row_key)
 
     def get(self, tenant: str, workflow_id: str, *, include_context: bool = False) -> Workflow:
-        """The workflow (NotFound when absent); its context too with ``include_context``."""
+        """The workflow (NotFound when absent); its context too with ``include_context``.
+
+        With ``audit_reads``, a read with the context is recorded (``workflows.read_context``)
+        before it is returned; when the record cannot be written the read fails with that error.
+        """
         check_tenant(tenant)
         check_id(workflow_id, "workflow_id")
         pk = layout.workflow_partition(tenant, workflow_id)
@@ -258,6 +275,13 @@ class WorkflowService:
         if entity is None:
             raise NotFound(f"workflow {workflow_id!r} does not exist")
         context = layout.context_of(self._find(pk, layout.CONTEXT_ROW)) if include_context else None
+        if context is not None and self.audit_reads:
+            record = change_record("workflows", "workflows.read_context", "workflow", workflow_id, {
+                "status": str(entity["status"]), "seq": layout.seq_of(entity.properties),
+                "context_sha256": hashlib.sha256(context.encode("utf-8")).hexdigest()})
+            ops = self._stores.outbox(tenant, names.TABLE_WORKFLOWS).ops(pk, record)
+            if ops:  # a read changes nothing to batch its record with; none when the stores record nothing
+                write(self._table, ops)
         return layout.workflow_of(entity.properties, context)
 
     # -- the one way a workflow changes
