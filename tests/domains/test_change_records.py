@@ -1,11 +1,12 @@
 """Change records of the domains (issue 11): one per state change, in the change's own batch.
 
-For objects, memory, sessions and workflows on every backend: each state-changing
+For objects, memory, sessions, workflows and checkpoints on every backend: each state-changing
 operation leaves exactly one pending outbox record (domain, op, target, the acting
 actor; timer work as the system), reads and refused or replayed writes leave none,
 listings never show outbox rows, the sequencer moves the records into the tenant's
 feed gapless and in each partition's order (and removes them from the partitions),
-and another tenant's feed holds none of them.
+and another tenant's feed holds none of them. Every record is audited except the
+ops the registry names (checkpoint puts and pending writes).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 from shared import names
 from shared.config import BACKENDS
 from shared.domains import domain as registered
-from shared.domains.domain import Domain
+from shared.domains.checkpoints.service import CheckpointService, TaskWrites, TypedValue
+from shared.domains.domain import Domain, change_record
 from shared.domains.memory.service import MemoryService
 from shared.domains.objects.service import ObjectService
 from shared.domains.sessions.service import SessionService
@@ -214,9 +216,55 @@ def _workflows(run: Run) -> None:
                      (lambda: [w.workflow_id for w in workflows.list(t, ready=True).items], ["w5"])]
 
 
+def _checkpoints(run: Run) -> None:
+    checkpoints = CheckpointService(run.stores)
+    t = run.tenant
+    data = TypedValue("bytes", b"hello")
+
+    def put(thread: str, cid: str, parent: str | None = None, run_id: str = "run-1", **kwargs: Any) -> Any:
+        return checkpoints.put(t, thread, "", cid, TypedValue("json", b'{"one": 1}'), channel_versions={"a": cid},
+                               new_values={"a": data}, metadata={"run_id": run_id}, parent_checkpoint_id=parent,
+                               **kwargs)
+
+    def put_writes() -> Any:
+        return checkpoints.put_writes(t, "c1", "", "1", "task", [(0, "a", data), (1, "b", data)])
+
+    run.step("checkpoints.put", "thread", "c1", "c1", lambda: put("c1", "1"))
+    run.step("checkpoints.put_writes", "thread", "c1", "c1", put_writes)
+    run.unchanged(put_writes)  # every write is stored already: nothing written
+    run.unchanged(lambda: put("c1", "2", parent="1", writes=[TaskWrites("t", [(0, "a", "not a value")])]))  # refused
+    # A put carrying its parent's pending writes is one change (the remote saver's one request).
+    run.step("checkpoints.put", "thread", "c1", "c1", lambda: put("c1", "2", parent="1",
+                                                                  writes=[TaskWrites("t2", [(0, "a", data)])]))
+    run.step("checkpoints.put", "thread", "c1", "c1", lambda: put("c1", "3", parent="2", run_id="run-2"))
+    run.step("checkpoints.put", "thread", "c3", "c3", lambda: put("c3", "1"))
+    run.step("checkpoints.copy_thread", "thread", "c2", "c2", lambda: checkpoints.copy_thread(t, "c1", "c2"))
+    run.unchanged(lambda: checkpoints.copy_thread(t, "c1", "c2"))  # again: every row is there already
+    run.step("checkpoints.prune", "thread", "c2", "c2", lambda: checkpoints.prune(t, ["c2"]))  # keeps "3"
+    run.unchanged(lambda: checkpoints.prune(t, ["c2"]))  # nothing left to prune
+    run.step("checkpoints.delete_thread", "thread", "c2", "c2",
+             lambda: checkpoints.delete_thread(t, "c2", idempotency_key="d1"))
+    run.unchanged(lambda: checkpoints.delete_thread(t, "c2", idempotency_key="d1"))  # a replay
+    run.unchanged(lambda: checkpoints.delete_thread(t, "c2"))  # NotFound
+    run.step("checkpoints.delete_for_runs", "thread", "c1", "c1", lambda: checkpoints.delete_for_runs(t, ["run-2"]))
+    run.unchanged(lambda: checkpoints.delete_for_runs(t, ["run-2"]))  # done already: 0
+    run.step("checkpoints.prune", "thread", "c1", "c1", lambda: checkpoints.prune(t, ["c1"], "delete"))
+    run.unchanged(lambda: checkpoints.prune(t, ["c1"], "delete"))  # NotFound
+    run.reads += [lambda: checkpoints.get(t, "c3"), lambda: checkpoints.list(t, "c3"),
+                  lambda: checkpoints.threads(t)]
+    run.listings += [(lambda: [c.checkpoint_id for c in checkpoints.list(t, "c3").items], ["1"]),
+                     (lambda: [c.checkpoint_id for c in checkpoints.list(t, "c3", checkpoint_ns="").items], ["1"]),
+                     (lambda: checkpoints.get(t, "c3").values, {"a": data}),
+                     (lambda: [x.thread_id for x in checkpoints.threads(t).items], ["c3"])]
+    run.emptied += [(names.TABLE_CHECKPOINTS, f"{t}|t|c1"), (names.TABLE_CHECKPOINTS, f"{t}|t|c2")]
+
+
 SCENARIOS: dict[str, Callable[[Run], None]] = {
     "objects": _objects, "memory": _memory, "sessions": _sessions, "workflows": _workflows,
+    "checkpoints": _checkpoints,
 }
+#: Ops the registry marks as not audited (the feed carries them, the audit log skips them).
+UNAUDITED = {"checkpoints": frozenset({"checkpoints.put", "checkpoints.put_writes"})}
 
 
 @pytest.mark.parametrize("domain_name", list(SCENARIOS))
@@ -241,7 +289,9 @@ def test_every_change_records_once_reads_none_and_the_feed_has_them_in_order(fee
     assert feed_stores.changes.status(tenant).pending == 0
     changes = feed_stores.changes.changes(tenant, limit=1000).items
     assert [c.seq for c in changes] == list(range(1, pending + 1))  # gapless
-    assert all(c.tenant == tenant and c.audited for c in changes)
+    assert all(c.tenant == tenant for c in changes)
+    assert {c.op for c in changes if not c.audited} == UNAUDITED.get(domain_name, frozenset())
+    assert all(c.audited == registered(c.domain).audits(c.op) for c in changes)
     seen = [(c.op, c.target_type, c.target_id, str(c.actor["id"])) for c in changes]
     assert sorted(seen) == sorted((op, tt, tid, actor) for op, tt, tid, _, actor in run.expected)
     for group in {g for *_, g, _ in run.expected}:  # each partition's records in the order of its changes
@@ -269,7 +319,12 @@ def test_every_change_records_once_reads_none_and_the_feed_has_them_in_order(fee
 def test_the_registry_says_which_ops_are_audited() -> None:
     for name in SCENARIOS:
         entry = registered(name)
-        assert entry.unaudited == frozenset() and entry.audits(f"{name}.anything")
+        assert entry.unaudited == UNAUDITED.get(name, frozenset()) and entry.audits(f"{name}.anything")
+    # Checkpoint puts and pending writes (every graph step) are not audited; maintenance is.
+    for op in ("checkpoints.put", "checkpoints.put_writes"):
+        assert change_record("checkpoints", op, "thread", "th").audited is False
+    for op in ("delete_thread", "copy_thread", "prune", "delete_for_runs"):
+        assert change_record("checkpoints", f"checkpoints.{op}", "thread", "th").audited is True
     quiet = Domain(name="objects", tables=(), service=lambda stores: None, router="x:y",
                    unaudited=frozenset({"objects.put"}))
     assert quiet.record("objects.put", "object", "k").audited is False

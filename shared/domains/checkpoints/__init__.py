@@ -18,6 +18,8 @@ DOMAIN = Domain(
     commands=COMMANDS,
     jobs=JOBS,
     paths=("checkpoints",),
+    # LangGraph writes these every graph step: the feed carries them, the audit log skips them.
+    unaudited=frozenset({"checkpoints.put", "checkpoints.put_writes"}),
 )
 
 __all__ = ["DOMAIN", "CheckpointService"]

@@ -55,6 +55,31 @@ Guarantees:
   readable, and can be repeated after a crash halfway. Values no checkpoint
   refers to any more are removed by ``prune`` and ``delete_for_runs`` once they
   are older than ``VALUE_GRACE_SECONDS`` (a put in flight may still need them).
+* Change records (:mod:`shared.storage.changefeed`): every change writes one in
+  its own atomic batch, as an outbox row of the thread's partition (target type
+  ``thread``, the thread id; details are ids, counts and the checkpoint's SHA-256,
+  never checkpoint data). ``checkpoints.put`` goes with the batch of the checkpoint
+  row (the last one, when the put takes several), ``checkpoints.put_writes`` with
+  its writes; the registry marks both as not audited (LangGraph writes them every
+  step: the feed carries them, the audit log skips them). Group commit keeps one
+  record per change: a batch carrying a step's writes and the next checkpoint holds
+  both records. A put always records (a repeated put rewrites its checkpoint row);
+  put_writes whose rows are all stored already writes nothing and records nothing.
+  Maintenance is audited: ``checkpoints.delete_thread``, ``checkpoints.prune`` and
+  ``checkpoints.delete_for_runs`` (one record per thread, with the count of
+  checkpoints) go with the batch that deletes the thread's last checkpoints of the
+  call; ``checkpoints.copy_thread`` (in the target thread, naming the source) with the
+  batch that writes the last checkpoints, when the call wrote anything. The rows
+  cleaned up after that batch (pending writes, values, run and index rows) are
+  unreachable without their checkpoints and record nothing. A crash before that
+  batch leaves the change unrecorded and the operation re-runnable (the re-run
+  records it); a crash after it leaves the record, and the re-run, finding no
+  checkpoint to delete or copy, records nothing again. Every batch that can fill up
+  (puts and writes past 100 rows, group commits, deletes) leaves a slot for the
+  record. Replays (idempotency markers), refused writes and reads record nothing.
+  Outbox rows (``~outbox|``) sort after every prefix read here (``c|``, ``r|``,
+  ``v|``, ``w|``), so no read or delete of a thread sees them; the sequencer
+  deletes them once sequenced.
 * With an idempotency key (queue commands), those four record a marker of
   :mod:`shared.storage.idempotency` once they are done: a redelivery answers the
   recorded result without doing the work again, and the same key with another
@@ -67,6 +92,9 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import itertools
 import re
 import threading
 import time
@@ -76,7 +104,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from shared import names
+from shared import names, request_context
 from shared.backends import Entity, OpKind, Page, TableOp
 from shared.backends.base import MAX_BATCH_OPERATIONS, MAX_PROPERTY_BYTES, prefix_upper_bound, property_size
 from shared.domains.checkpoints import _layout as layout
@@ -106,9 +134,11 @@ from shared.domains.checkpoints.models import (
     TypedValue,
     WritesResult,
 )
-from shared.errors import AlreadyExists, InvalidInput, InvalidKey, NotFound, StowageError, TooLarge
+from shared.domains.domain import change_record
+from shared.errors import AlreadyExists, Busy, InvalidInput, InvalidKey, NotFound, StowageError, TooLarge
 from shared.jsonvalues import check_json_value, json_text
 from shared.keys import check_id, check_tenant
+from shared.storage.changefeed import MAX_ACTOR_BYTES, MAX_DETAILS_BYTES, OUTBOX_PREFIX, ChangeRecord
 from shared.storage.group_commit import BATCH_WIRE_BUDGET, GroupCommit
 from shared.storage.idempotency import Idempotency, IdempotencyKeyReused, lookup, marker_op
 from shared.storage.mutate import Outcome, find
@@ -141,6 +171,8 @@ _LINGER_MISSES = 2
 _LINGER_PAUSE = 50
 #: Bytes of inline values the per-process cache keeps (recent checkpoints, LRU).
 _CACHE_BYTES = 32 * 1024 * 1024
+#: Wire size an outbox row may take at most (details, actor and context at their limits, and the rest).
+_RECORD_WEIGHT = (MAX_DETAILS_BYTES + 2 * MAX_ACTOR_BYTES) * 4 // 3 + 1024
 
 
 def _inline_size(held: dict[str, tuple[str, TypedValue]]) -> int:
@@ -160,6 +192,23 @@ class _Committed:
 
 
 @dataclass(frozen=True, eq=False)
+class _Recording:
+    """A change record of a thread, the tenant whose feed takes it and the request context of the
+    change (taken when the change was asked for: group commit may write it from another thread).
+    Its outbox row is made right before the batch that completes the change."""
+
+    tenant: str
+    record: ChangeRecord
+    context: request_context.RequestContext
+    #: Stands for the outbox row in group commit's count of a batch's rows (its key is made later).
+    slot: str
+
+    @property
+    def partition(self) -> str:
+        return layout.thread_pk(self.tenant, self.record.target_id)
+
+
+@dataclass(frozen=True, eq=False)
 class _Batch:
     """Rows of one partition that fit one atomic batch."""
 
@@ -168,6 +217,19 @@ class _Batch:
     size: int
     #: Checkpoint rows that, replacing a stored one, keep its inline values (see ``layout.keeping_inline``).
     keep_inline: frozenset[str] = frozenset()
+    #: The change record, written in the batch that completes the change (the last one).
+    recording: _Recording | None = None
+    #: Write the record even when every row of this batch turns out stored already (an earlier
+    #: batch of the same change wrote rows); otherwise such a batch writes nothing and records nothing.
+    record_kept: bool = False
+
+    @property
+    def row_keys(self) -> list[str]:
+        """The row keys this batch writes, its outbox row's slot included."""
+        keys = [row.row_key for row in self.rows]
+        if self.recording is not None:
+            keys.append(self.recording.slot)
+        return keys
 
 
 # --------------------------------------------------------------------------- checks
@@ -264,6 +326,8 @@ class CheckpointService:
         # ``*_inline`` reads, which download no offloaded value; inserts and blind upserts read
         # nothing first, so a batch of plain rows costs the one batch request.
         self._table = stores.table(names.TABLE_CHECKPOINTS)
+        self._stores = stores
+        self._slots = itertools.count()
         self._threshold = min(stores.settings.offload_threshold_bytes, MAX_PROPERTY_BYTES)
         #: Largest total of serialised bytes one put or put_writes may carry.
         self.max_bytes = MAX_PUT_BYTES
@@ -286,6 +350,28 @@ class CheckpointService:
             together=self._commit_together, alone=self._commit_batch,
             max_operations=MAX_BATCH_OPERATIONS, max_bytes=BATCH_WIRE_BUDGET)
 
+    # -- change records
+
+    def _recording(self, tenant: str, thread_id: str, op: str, details: dict[str, Any]) -> _Recording:
+        """``op``'s change record of the thread (audited as the registry says: puts and writes are not),
+        in the request context of the caller."""
+        return _Recording(tenant, change_record("checkpoints", op, "thread", thread_id, details),
+                          request_context.current(), f"{OUTBOX_PREFIX}{next(self._slots)}")
+
+    def _outbox_ops(self, recording: _Recording | None) -> list[TableOp]:
+        """The record's outbox insert for the batch that completes its change (files the feed's hint first).
+
+        Made when that batch is written, so that the work a change does before it
+        joins its partition's group commit stays what it was without records (the
+        direct saver's pending writes must be queued before the next put arrives to
+        ride in its batch).
+        """
+        if recording is None:
+            return []
+        with request_context.acting_as(recording.context):
+            return self._stores.outbox(recording.tenant, names.TABLE_CHECKPOINTS).ops(recording.partition,
+                                                                                     recording.record)
+
     # -- writing rows
 
     def _weigh(self, entity: Entity) -> int:
@@ -299,43 +385,57 @@ class CheckpointService:
                 inline += size
         return inline * 4 // 3 + 160 * offloaded + 256
 
-    def _batches(self, rows: Sequence[Entity], replace: frozenset[str],
-                 keep_inline: frozenset[str] = frozenset()) -> Iterator[_Batch]:
-        """Rows in order, cut into batches under the operation and wire-size limits."""
+    def _batches(self, rows: Sequence[Entity], replace: frozenset[str], keep_inline: frozenset[str] = frozenset(),
+                 recording: _Recording | None = None) -> list[_Batch]:
+        """Rows in order, cut into batches under the operation and wire-size limits; the last one also
+        carries ``recording`` (every batch leaves room for it)."""
+        most = MAX_BATCH_OPERATIONS - (recording is not None)
+        batches: list[_Batch] = []
         batch: list[Entity] = []
         size = 0
         for row in rows:
             weight = self._weigh(row)
-            if batch and (len(batch) == MAX_BATCH_OPERATIONS or size + weight > BATCH_WIRE_BUDGET):
-                yield _Batch(batch, replace, size, keep_inline)
+            if batch and (len(batch) == most or size + weight > BATCH_WIRE_BUDGET):
+                batches.append(_Batch(batch, replace, size, keep_inline))
                 batch, size = [], 0
             batch.append(row)
             size += weight
         if batch:
-            yield _Batch(batch, replace, size, keep_inline)
+            batches.append(_Batch(batch, replace, size, keep_inline))
+        if recording is not None and batches:
+            last = batches[-1]
+            batches[-1] = dataclasses.replace(last, recording=recording, size=last.size + _RECORD_WEIGHT)
+        return batches
 
     def _commit(self, rows: Sequence[Entity], replace: frozenset[str] = frozenset(), linger: float = 0.0,
-                keep_inline: frozenset[str] = frozenset()) -> _Committed:
+                keep_inline: frozenset[str] = frozenset(), recording: _Recording | None = None,
+                record_kept: bool = False) -> _Committed:
         """Write rows create-only, in order, in as few atomic batches as the limits allow.
 
         A row already there is kept, unless its row key is in ``replace`` (then it is
-        replaced). A write that fits one batch goes through its partition's group
+        replaced). ``recording`` (the change record) goes with the last batch, and is
+        written when that batch writes a row, or an earlier one did, or ``record_kept``.
+        A write that fits one batch goes through its partition's group
         commit: LangGraph writes a step's pending writes and the next checkpoint from
-        two threads at once; one batch carrying both costs one round trip instead of
-        two, and writers of one partition take turns here rather than contend for the
-        store's own write lock.
+        two threads at once; one batch carrying both (and both their records) costs one
+        round trip instead of two, and writers of one partition take turns here rather
+        than contend for the store's own write lock.
         """
-        batches = list(self._batches(rows, replace, keep_inline))
+        batches = self._batches(rows, replace, keep_inline, recording)
         if len(batches) != 1:
             done = _Committed()
             for batch in batches:  # in order: a checkpoint's values before the checkpoint
+                if batch.recording is not None:
+                    batch = dataclasses.replace(batch, record_kept=record_kept or done.written > 0)
                 done.add(self._commit_batch(batch))
             return done
         request = batches[0]
+        if record_kept:
+            request = dataclasses.replace(request, record_kept=True)
         partition = request.rows[0].partition_key
         if linger and not self._may_linger(partition):
             linger = 0.0
-        done, carried = self._group.commit_carried(partition, request, row_keys=[row.row_key for row in request.rows],
+        done, carried = self._group.commit_carried(partition, request, row_keys=request.row_keys,
                                                    size=request.size, linger=linger)
         if linger:
             self._lingered(partition, carried)
@@ -365,17 +465,21 @@ class CheckpointService:
             self._linger[partition] = (misses, _LINGER_PAUSE if misses >= _LINGER_MISSES else 0)
 
     def _commit_together(self, group: Sequence[_Batch]) -> list[_Committed] | None:
-        """Several batches of one partition as one atomic batch of inserts; None when it failed."""
-        rows = [row for batch in group for row in batch.rows]
+        """Several batches of one partition (each with its change record) as one atomic batch of
+        inserts; None when it failed."""
+        operations = [TableOp.insert(row) for batch in group for row in batch.rows]
+        for batch in group:
+            operations += self._outbox_ops(batch.recording)
         try:
-            self._table.batch([TableOp.insert(row) for row in rows])
+            self._table.batch(operations)
         except StowageError:
             return None  # one of them meets an existing row, or fails alone: each is written on its own
         return [_Committed(written=len(batch.rows)) for batch in group]
 
     def _commit_batch(self, batch: _Batch) -> _Committed:
+        outbox = self._outbox_ops(batch.recording)  # once: each attempt below that fails writes nothing
         try:
-            self._table.batch([TableOp.insert(row) for row in batch.rows])
+            self._table.batch([*(TableOp.insert(row) for row in batch.rows), *outbox])
             return _Committed(written=len(batch.rows))
         except AlreadyExists:
             pass
@@ -391,9 +495,12 @@ class CheckpointService:
                 if row.row_key in present else TableOp.insert(row)
                 for row in batch.rows if row.row_key not in present or row.row_key in batch.replace
             ]
+            written = len(operations)
+            if operations or batch.record_kept:  # nothing to write: nothing changed, nothing to record
+                operations += outbox
             with conditional():  # a concurrent writer added one of them: look again
                 self._table.batch(operations)
-            return _Committed(len(operations), len(batch.rows) - len(operations), present & batch.replace)
+            return _Committed(written, len(batch.rows) - written, present & batch.replace)
 
         return retry_races(attempt, what=f"checkpoint partition {partition!r}")
 
@@ -459,16 +566,22 @@ class CheckpointService:
 
     # -- deleting rows
 
-    def _delete_rows(self, partition_key: str, rows: Sequence[str | Entity]) -> None:
+    def _delete_rows(self, partition_key: str, rows: Sequence[str | Entity], recording: _Recording | None = None) -> None:
         """Delete rows in batches; rows already gone (a retry, a concurrent delete) are fine.
 
         A row given as an entity read from the table (``offloaded`` known) has its blobs
         deleted right after; one given by key leaves them to the offload sweeper.
+        ``recording`` goes with the last batch (each batch leaves room for it), and only
+        when that batch deletes a row.
         """
         gone = [Entity(partition_key, row) if isinstance(row, str)
                 else Entity(partition_key, row.row_key, offloaded=row.offloaded) for row in rows]
-        for start in range(0, len(gone), MAX_BATCH_OPERATIONS):
-            chunk = gone[start:start + MAX_BATCH_OPERATIONS]
+        most = MAX_BATCH_OPERATIONS - (recording is not None)
+        for start in range(0, len(gone), most):
+            chunk = gone[start:start + most]
+            if recording is not None and start + most >= len(gone):
+                self._delete_recorded(partition_key, chunk, recording)
+                return
             try:
                 self._table.batch([TableOp(OpKind.DELETE, row) for row in chunk])
             except NotFound:
@@ -477,6 +590,22 @@ class CheckpointService:
                         self._table.delete(partition_key, row.row_key, offloaded=row.offloaded)
                     except NotFound:
                         pass
+
+    def _delete_recorded(self, partition_key: str, chunk: list[Entity], recording: _Recording) -> None:
+        """Delete ``chunk`` with the change record in one batch; rows gone meanwhile are left out.
+
+        When every row is gone, another deleter took them (and recorded its own change):
+        nothing is written.
+        """
+        while chunk:
+            try:
+                self._table.batch([*(TableOp(OpKind.DELETE, row) for row in chunk), *self._outbox_ops(recording)])
+                return
+            except NotFound:
+                left = [row for row in chunk if self._find_inline(partition_key, row.row_key) is not None]
+            if len(left) == len(chunk):  # a row went and came back between the batch and the reads
+                raise Busy(f"rows of checkpoint partition {partition_key!r} keep changing; try again")
+            chunk = left
 
     def _delete_prefix(self, partition_key: str, prefix: str) -> int:
         """Delete every row under ``prefix``, a batch at a time; returns how many."""
@@ -594,9 +723,15 @@ class CheckpointService:
                                     threshold=self._threshold, inline=inline)
         rows.append(row)  # last: never visible before its values
 
+        details: dict[str, Any] = {"checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint_id,
+                                   "values": len(values), "writes": sum(len(task.writes) for task in carried),
+                                   "sha256": hashlib.sha256(checkpoint.data).hexdigest()}
+        if parent_checkpoint_id is not None:
+            details["parent_checkpoint_id"] = parent_checkpoint_id
+        recording = self._recording(tenant, thread_id, "checkpoints.put", details)
         self._index(tenant, thread_id, run_id, force=parent_checkpoint_id is None)
         done = self._commit(rows, replace=frozenset({row.row_key, *carried_rows, *special}),
-                            keep_inline=frozenset({row.row_key}))
+                            keep_inline=frozenset({row.row_key}), recording=recording)
         if row.row_key in done.replaced:
             with self._lock:  # it may have kept values of the row it replaced: read it when needed
                 self._recent.pop((partition, row.row_key), None)
@@ -642,7 +777,9 @@ class CheckpointService:
             raise TooLarge(f"writes are {size} bytes serialised; the limit is {self.max_bytes}")
         rows, special = self._write_rows(layout.thread_pk(tenant, thread_id), part(checkpoint_ns), checkpoint_id,
                                          task, time.time())
-        done = self._commit(rows, replace=special, linger=linger)
+        recording = self._recording(tenant, thread_id, "checkpoints.put_writes", {
+            "checkpoint_ns": checkpoint_ns, "checkpoint_id": checkpoint_id, "task_id": task_id, "writes": len(rows)})
+        done = self._commit(rows, replace=special, linger=linger, recording=recording)
         return WritesResult(done.written, done.kept)
 
     def _write_rows(self, partition: str, ns_part: str, checkpoint_id: str, task: TaskWrites,
@@ -870,12 +1007,20 @@ class CheckpointService:
         return self._once(tenant, idempotency_key, "checkpoints.delete_thread", {"thread_id": thread_id},
                           lambda: self._delete_thread(tenant, thread_id))
 
-    def _delete_thread(self, tenant: str, thread_id: str) -> int:
+    def _delete_thread(self, tenant: str, thread_id: str, op: str = "checkpoints.delete_thread",
+                       details: Mapping[str, Any] | None = None) -> int:
+        """Delete the thread; the change record (``op``, ``details`` and the count of checkpoints)
+        goes with the batch that deletes its last checkpoints."""
         partition = layout.thread_pk(tenant, thread_id)
         runs = [layout.run_row_of(row) for row in self._table.query_all_inline(partition, prefix=layout.RUN_PREFIX)]
         # Checkpoints first, so no reader meets a checkpoint whose values are gone; run rows
-        # last, since a retry finds the run index rows to delete through them.
-        deleted = self._delete_prefix(partition, layout.CHECKPOINT_PREFIX)
+        # last, since a retry finds the run index rows to delete through them. Keys only are
+        # kept (a thread may hold many checkpoints, each with its inline values).
+        checkpoints = [Entity(partition, row.row_key, offloaded=row.offloaded)
+                       for row in self._table.query_all_inline(partition, prefix=layout.CHECKPOINT_PREFIX)]
+        deleted = len(checkpoints)
+        recording = self._recording(tenant, thread_id, op, {**(details or {}), "checkpoints": deleted})
+        self._delete_rows(partition, checkpoints, recording)
         found = (deleted + self._delete_prefix(partition, layout.WRITE_PREFIX)
                  + self._delete_prefix(partition, layout.VALUE_PREFIX))
         for run_part in sorted({run.run_part for run in runs}):
@@ -926,19 +1071,38 @@ class CheckpointService:
         self._index(tenant, target_thread_id, None, force=True)
         for run_id in sorted(runs):
             self._index(tenant, target_thread_id, run_id, force=False)
-        copied = 0
-        # Indexes, then values and writes, then the checkpoints that refer to them.
+        copied, seen, wrote = 0, 0, False
+        # Indexes, then values and writes, then the checkpoints that refer to them; the change
+        # record goes with the last checkpoints, when this call wrote anything.
         for prefix in (layout.RUN_PREFIX, layout.VALUE_PREFIX, layout.WRITE_PREFIX, layout.CHECKPOINT_PREFIX):
-            token: str | None = None
-            while True:
-                page = self._table.query(source, prefix=prefix, limit=_VALUE_ROWS_PER_QUERY, continuation=token)
-                done = self._commit([Entity(target, e.row_key, dict(e.properties)) for e in page.items])
+            for items, last in self._pages(source, prefix, _VALUE_ROWS_PER_QUERY):
+                recording = None
+                if last and prefix == layout.CHECKPOINT_PREFIX:
+                    recording = self._recording(tenant, target_thread_id, "checkpoints.copy_thread", {
+                        "source_thread_id": source_thread_id, "checkpoints": seen + len(items)})
+                done = self._commit([Entity(target, e.row_key, dict(e.properties)) for e in items],
+                                    recording=recording, record_kept=wrote)
+                wrote = wrote or done.written > 0
                 if prefix == layout.CHECKPOINT_PREFIX:
                     copied += done.written
-                token = page.continuation
-                if not token:
-                    break
+                    seen += len(items)
         return copied
+
+    def _pages(self, partition: str, prefix: str, limit: int) -> Iterator[tuple[Sequence[Entity], bool]]:
+        """The rows under ``prefix``, a page at a time, each with whether it is the last (empty pages skipped)."""
+        held: Sequence[Entity] = ()
+        token: str | None = None
+        while True:
+            page = self._table.query(partition, prefix=prefix, limit=limit, continuation=token)
+            if page.items:
+                if held:
+                    yield held, False
+                held = page.items
+            token = page.continuation
+            if not token:
+                break
+        if held:
+            yield held, True
 
     def prune(self, tenant: str, thread_ids: Sequence[str], strategy: PruneStrategy | str = PruneStrategy.KEEP_LATEST,
               *, now: float | None = None, idempotency_key: str | None = None) -> int:
@@ -974,9 +1138,9 @@ class CheckpointService:
         for thread_id in threads:
             try:
                 if strategy is PruneStrategy.DELETE:
-                    deleted += self._delete_thread(tenant, thread_id)
+                    deleted += self._delete_thread(tenant, thread_id, "checkpoints.prune", {"strategy": strategy.value})
                 else:
-                    deleted += self._keep_latest(layout.thread_pk(tenant, thread_id), now)
+                    deleted += self._keep_latest(tenant, thread_id, now)
                 found = True
             except NotFound:
                 continue
@@ -985,7 +1149,8 @@ class CheckpointService:
                 thread_ids=threads)
         return deleted
 
-    def _keep_latest(self, partition: str, now: float) -> int:
+    def _keep_latest(self, tenant: str, thread_id: str, now: float) -> int:
+        partition = layout.thread_pk(tenant, thread_id)
         # Values are listed BEFORE the checkpoints: a value written after this snapshot is
         # never deleted, whatever checkpoint comes to refer to it.
         values = list(self._table.query_all_inline(partition, prefix=layout.VALUE_PREFIX))
@@ -1000,7 +1165,9 @@ class CheckpointService:
                 doomed.append(entity)
             else:
                 kept[row.ns_part] = row
-        self._delete_rows(partition, doomed)
+        # The record goes with the last checkpoints deleted; what follows is unreachable without them.
+        self._delete_rows(partition, doomed, self._recording(tenant, thread_id, "checkpoints.prune", {
+            "strategy": PruneStrategy.KEEP_LATEST.value, "checkpoints": len(doomed)}))
         kept_ids = {ns_part: row.id for ns_part, row in kept.items()}
 
         def older(ns_part: str, checkpoint_id: str) -> bool:
@@ -1055,31 +1222,37 @@ class CheckpointService:
             # The index rows stay: a checkpoint the run writes after this call is still found next time.
             for row in self._table.query_all_inline(layout.run_pk(tenant, run_id)):
                 found = True
-                deleted += self._delete_run_in_thread(layout.thread_pk(tenant, row.row_key), run_id, now)
+                deleted += self._delete_run_in_thread(tenant, row.row_key, run_id, now)
         if runs and not found:
             raise RunCheckpointsNotFound(runs)
         return deleted
 
-    def _delete_run_in_thread(self, partition: str, run_id: str, now: float) -> int:
-        deleted = 0
-        namespaces: set[str] = set()
+    def _delete_run_in_thread(self, tenant: str, thread_id: str, run_id: str, now: float) -> int:
+        partition = layout.thread_pk(tenant, thread_id)
+        doomed: list[Entity] = []
+        cleared: list[layout.RunRow] = []
         run_prefix = f"{layout.RUN_PREFIX}{part(run_id)}|"
-        for run in [layout.run_row_of(row) for row in self._table.query_all_inline(partition, prefix=run_prefix)]:
+        runs = [layout.run_row_of(row) for row in self._table.query_all_inline(partition, prefix=run_prefix)]
+        for run in runs:
             checkpoint = self._find_inline(partition, run.checkpoint_rk)
             # A checkpoint replaced by another run's put keeps its new run's rows.
             if checkpoint is None or layout.run_of(checkpoint) == run_id:
                 if checkpoint is not None:
-                    self._delete_rows(partition, [checkpoint])
-                    deleted += 1
-                self._delete_prefix(partition, layout.writes_prefix(run.ns_part, run.checkpoint_id))
-                namespaces.add(run.ns_part)
-            self._delete_rows(partition, [run.row_key])
-        for ns_part in namespaces:
+                    doomed.append(checkpoint)
+                cleared.append(run)
+        # The run's checkpoints first, with the change record in the batch of the last ones;
+        # then their writes, and the run rows last: a retry finds what is left through them.
+        self._delete_rows(partition, doomed, self._recording(tenant, thread_id, "checkpoints.delete_for_runs", {
+            "run_id": run_id, "checkpoints": len(doomed)}))
+        for run in cleared:
+            self._delete_prefix(partition, layout.writes_prefix(run.ns_part, run.checkpoint_id))
+        self._delete_rows(partition, [run.row_key for run in runs])
+        for ns_part in {run.ns_part for run in cleared}:
             values = list(self._table.query_all_inline(partition, prefix=f"{layout.VALUE_PREFIX}{ns_part}|"))
             remaining = [layout.checkpoint_of(row)
                          for row in self._table.query_all(partition, prefix=layout.checkpoint_prefix(ns_part))]
             self._collect_values(partition, values, remaining, now)
-        return deleted
+        return len(doomed)
 
     # -- idempotency of maintenance
 

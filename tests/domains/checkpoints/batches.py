@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.domains.checkpoints.service import CheckpointService, TypedValue
+from shared.storage.changefeed import OUTBOX_PREFIX
 
 
 def val(text: str) -> TypedValue:
@@ -12,15 +13,21 @@ def val(text: str) -> TypedValue:
 
 
 class Batches:
-    """Counts the atomic batches the service sends to its (real) table."""
+    """Counts the atomic batches the service sends to its (real) table: ``sizes`` their data rows,
+    ``records`` their change records (outbox rows), ``operations`` both."""
 
     def __init__(self, service: CheckpointService, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
+        self.records: list[int] = []
+        self.operations: list[int] = []
         real = service._table.batch
 
         def batch(operations):
             operations = list(operations)
-            self.sizes.append(len(operations))
+            records = sum(op.entity.row_key.startswith(OUTBOX_PREFIX) for op in operations)
+            self.sizes.append(len(operations) - records)
+            self.records.append(records)
+            self.operations.append(len(operations))
             return real(operations)
 
         monkeypatch.setattr(service._table, "batch", batch)

@@ -43,6 +43,7 @@ def test_lingering_writes_ride_in_the_next_puts_batch(service, tenant, monkeypat
     assert not writer.is_alive()
     assert (result["w"].written, result["w"].kept) == (2, 0)
     assert batches.sizes == [1, 3]  # c1 alone, then c2 with both writes: one batch
+    assert batches.records == [1, 2]  # each change with its own record, in its batch
     assert [w.value for w in service.get(tenant, "th", "", "c1").pending_writes] == [val("w"), val("x")]
     assert service.get(tenant, "th").values == {"a": val("A2")}
 
@@ -90,6 +91,7 @@ def test_a_real_graph_stores_most_steps_in_one_batch_and_hits_the_cache(stores, 
     puts = sum(1 for _ in saver.list(config))
     writes = sum(1 for size in batches.sizes if size)
     assert len(batches.sizes) < puts + puts - 2  # without carrying: a batch per put and per step's writes
+    assert all(batches.records)  # no batch without the record of its change
     stats = service.cache_stats()
     assert stats["hits"] >= puts - 4 and stats["misses"] == 0  # each parent was written or read here
     latest = saver.get_tuple(config)

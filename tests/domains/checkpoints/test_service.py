@@ -22,6 +22,7 @@ from shared.domains.checkpoints.service import (
 )
 from shared.errors import InvalidInput, InvalidKey, NotFound, TooLarge
 from shared.manager import StorageManager
+from shared.storage.changefeed import OUTBOX_PREFIX
 from shared.storage.idempotency import IdempotencyKeyReused, marker_row
 
 LATER = 10 * VALUE_GRACE_SECONDS  # seconds: "now" for maintenance that should collect garbage values
@@ -396,6 +397,9 @@ def test_delete_thread_removes_every_row_and_index_and_is_safe_to_repeat(service
     put_chain(service, tenant, "kept", 2, run_id="run-1")
     assert service.delete_thread(tenant, "doomed") == 4
     raw = stores.table(names.TABLE_CHECKPOINTS).table
+    # Only the change records are left, for the sequencer, which removes them.
+    assert {r.row_key.startswith(OUTBOX_PREFIX) for r in raw.query_all(f"{tenant}|t|doomed")} == {True}
+    stores.changes.sequence(tenant)
     assert raw.query(f"{tenant}|t|doomed").items == []
     assert [r.row_key for r in raw.query_all(f"{tenant}|r|run-1")] == ["kept"]
     with pytest.raises(NotFound):
@@ -409,6 +413,7 @@ def test_delete_thread_finishes_what_a_crashed_delete_left(service, stores, tena
     for row in rows(stores, tenant, "th", "c|") + rows(stores, tenant, "th", "w|"):  # the first steps, then a crash
         table.delete(row.partition_key, row.row_key)
     assert service.delete_thread(tenant, "th") == 0
+    stores.changes.sequence(tenant)  # the puts' change records
     assert table.table.query(f"{tenant}|t|th").items == []
     assert table.table.query(f"{tenant}|r|run-1").items == []  # found through the run rows left behind
     assert service.threads(tenant).items == []
@@ -642,8 +647,10 @@ def test_every_row_written_carries_fmt_and_rows_without_it_still_read(service, s
     put_chain(service, tenant, "th", 2, run_id="run-1", make=big)
     service.put_writes(tenant, "th", "", checkpoint_id(2), "task", [(0, "x", val("w")), (-1, "__error__", val("e"))])
     raw = stores.table(names.TABLE_CHECKPOINTS).table
-    written = (rows(stores, tenant, "th", "") + list(raw.query_all(f"{tenant}|threads"))
-               + list(raw.query_all(f"{tenant}|r|run-1")))
+    records = rows(stores, tenant, "th", OUTBOX_PREFIX)
+    assert len(records) == 3 and all(row["fmt"] == 1 for row in records)  # the change feed's own format
+    written = ([row for row in rows(stores, tenant, "th", "") if row not in records]
+               + list(raw.query_all(f"{tenant}|threads")) + list(raw.query_all(f"{tenant}|r|run-1")))
     assert len(written) == 2 + 3 + 2 + 2 + 1 + 1  # checkpoints, values, writes, run rows, thread, run index
     assert all(row["fmt"] == (2 if row.row_key.startswith(("c|", "w|")) else 1) for row in written)
     assert all(isinstance(row["at"], float) for row in written if "at" in row.properties)
