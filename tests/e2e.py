@@ -125,7 +125,7 @@ def run_server(kind: str, request: pytest.FixtureRequest, data_dir: Path) -> Ite
 
     stores = None
     try:
-        until(healthy, "the server to answer")
+        until(healthy, "the server to answer", timeout=180.0)  # a loaded 2-core machine starts it slowly
         stores = Stores.from_settings(Settings.from_env(env, settings_file=data_dir / "absent.json"))
         yield Server(url, env, stores, keys)
     finally:

@@ -377,6 +377,68 @@ def test_remote_saver_sends_a_steps_writes_with_the_next_checkpoint(server, thre
         assert [w[1] for w in history[1].pending_writes] == ["log"]  # stored with the parent, as put_writes does
 
 
+class _CountedLingers(threading.Event):
+    """A held put_writes' Event whose timed waits end at once (each is one linger gone by, without the clock);
+    at the ``stop_at``-th it tells the test and then waits, untimed, for a put or a flush to settle it."""
+
+    stop_at = 50
+    reached = threading.Event()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            return super().wait()
+        self.rounds += 1
+        if self.rounds < _CountedLingers.stop_at:
+            return self.is_set()
+        _CountedLingers.reached.set()
+        return super().wait()
+
+
+def test_held_writes_wait_for_a_slow_put_of_their_thread(server, thread):
+    """On a loaded machine the put that carries a step's writes comes two slow round trips later: the writes
+    keep waiting (past the 20 lingers they once gave up after) while a put of their thread is in flight."""
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = RemoteCheckpointSaver(server.url, server.keys["alpha"], writes_linger=0.001)
+    requests = _Requests(saver)
+    root: RunnableConfig = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    config = saver.put(root, empty_checkpoint(), {"source": "input", "step": -1}, {})
+    slow = empty_checkpoint()
+    sending, release = threading.Event(), threading.Event()
+
+    def hold_the_slow_put(request: httpx.Request) -> None:
+        if request.url.path.endswith(slow["id"]):
+            sending.set()
+            assert release.wait(30)
+
+    saver._client.event_hooks["request"].append(hold_the_slow_put)
+    slow_put = threading.Thread(target=saver.put, args=(root, slow, {"source": "fork", "step": -1}, {}))
+    slow_put.start()
+    assert sending.wait(30)  # the slow put is on the wire (and counted in flight since before it was serialised)
+    saver.make_event = _CountedLingers
+    _CountedLingers.reached = threading.Event()
+    writer = threading.Thread(target=saver.put_writes, args=(config, [("x", 1)], "task-1"))
+    writer.start()
+    assert _CountedLingers.reached.wait(30)  # 50 lingers, still held: a put of the thread is in flight
+    release.set()
+    slow_put.join(30)
+    child = empty_checkpoint()
+    saver.put(config, child, {"source": "loop", "step": 0}, {})
+    writer.join(30)
+    assert not writer.is_alive() and not slow_put.is_alive()
+    assert "writes" not in requests.kinds(), requests.kinds()  # carried, not sent alone
+    carrying = [body for kind, path, body in requests.seen if kind == "put" and path.endswith(child["id"])]
+    assert [task["task_id"] for task in carrying[0]["writes"]] == ["task-1"]
+    stored = saver.get_tuple(config)
+    assert stored is not None and stored.pending_writes == [("task-1", "x", 1)]
+    saver.close()
+
+
 def test_held_writes_are_sent_before_a_read_and_on_close(server, thread):
     from langgraph.checkpoint.base import empty_checkpoint
 

@@ -418,9 +418,11 @@ class _NoCookies(CookieJar):
 _JSON_HEADERS = {"Content-Type": "application/json"}
 #: Pending writes a put carries along at most (bytes of serialised values); larger ones go alone.
 _CARRY_BYTES = 1024 * 1024
-#: A held put_writes waits at most this many lingers, and past the first only while a put of its thread is in flight.
-_MAX_LINGER_ROUNDS = 20
-#: After this many held writes in a row that no put carried, a thread's writes go at once for the next _LINGER_PAUSE.
+#: A held put_writes waits at most this many lingers, and past the first only while a put of its thread is in flight
+#: or ended lately (:meth:`RemoteCheckpointSaver._put_is_coming`). LangGraph chains its puts, so the one that carries a step's writes starts only
+#: when the previous one has its answer: two round trips, which on a loaded machine reach 100-300 ms.
+_MAX_LINGER_ROUNDS = 100
+#: After this many held writes in a row that no put came for, a thread's writes go at once for the next _LINGER_PAUSE.
 _LINGER_MISSES = 2
 _LINGER_PAUSE = 50
 
@@ -463,7 +465,9 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
     One request per step: LangGraph's sync loop stores a task's pending writes and,
     right after, the next checkpoint, from two background threads. A sync
     ``put_writes`` is *held* up to ``writes_linger`` (10 ms; longer only while a put
-    of its thread is in flight or ended less than a linger ago, up to 20 lingers) for the next ``put`` of the same
+    of its thread is in flight, counted from before it serialises its values, or ended
+    less than a linger ago, or less than that put took when it took longer, as on a
+    loaded machine; up to 100 lingers) for the next ``put`` of the same
     thread and namespace to carry it: that put sends the writes of its parent
     checkpoint in its own request, and the server stores both in one atomic batch.
     ``put_writes`` still returns only once its writes are stored (carried, or sent
@@ -473,8 +477,9 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
     anything that must see them or could overtake them: a read, list, delete, copy
     or prune of the thread, an async call, ``close``. Writes over 1 MiB, the async
     methods and ``writes_linger=0`` never wait. Two held writes in a row that no put
-    carried (a graph whose puts wait for their writes, e.g. delta channels) stop the
-    thread's writes waiting for the next 50.
+    came for (a graph whose puts wait for their writes, e.g. delta channels) stop the
+    thread's writes waiting for the next 50; a write a slow put did not reach in 100
+    lingers is sent alone but does not count as such a miss.
     """
 
     #: Seconds a sync put_writes waits for the next put of its thread to carry it in one request.
@@ -494,7 +499,8 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
         # (thread_id, checkpoint_ns) -> held put_writes, in the order they came
         self._held: dict[tuple[str, str], list[_HeldWrites]] = {}
         self._puts_in_flight: dict[tuple[str, str], int] = {}
-        self._put_ended: dict[tuple[str, str], float] = {}  # time.monotonic() the last put of the key ended
+        # (thread_id, checkpoint_ns) -> (time.monotonic() the last put of the key ended, the seconds it took)
+        self._put_ended: dict[tuple[str, str], tuple[float, float]] = {}
         # (thread_id, checkpoint_ns) -> (held writes in a row no put carried, writes left to send at once)
         self._linger_state: dict[tuple[str, str], tuple[int, int]] = {}
         self._held_lock = threading.Lock()
@@ -667,10 +673,14 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
             self._linger_state[key] = (_LINGER_MISSES - 1, 0)  # try once more
             return True
 
-    def _lingered(self, key: tuple[str, str], carried: bool) -> None:
+    def _lingered(self, key: tuple[str, str], carried: bool, no_put_came: bool) -> None:
+        """Count a held write that no put came for (a graph whose puts wait for their writes); one that a
+        slow put did not reach within _MAX_LINGER_ROUNDS is no sign of that and leaves the count as it is."""
         with self._held_lock:
             if carried:
                 self._linger_state.pop(key, None)
+                return
+            if not no_put_came:
                 return
             if len(self._linger_state) >= 10_000:
                 self._linger_state.clear()
@@ -727,8 +737,6 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
     def _put_carrying(self, call: _Call, put: _Put) -> None:
         """Send a put, carrying its thread's held writes for its parent checkpoint in the same request."""
         key = (put.thread_id, put.checkpoint_ns)
-        with self._held_lock:
-            self._puts_in_flight[key] = self._puts_in_flight.get(key, 0) + 1
         taken: list[_HeldWrites] = []
         try:
             # Only the parent's writes; writes of a later checkpoint stay held for the put that follows it
@@ -758,33 +766,56 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
             for held in taken:  # interrupted halfway: no writer waits forever
                 if not held.settled:
                     held.settle(Busy("the put carrying these writes was interrupted; send them again"))
-            with self._held_lock:
-                left = self._puts_in_flight.pop(key) - 1
-                if left:
-                    self._puts_in_flight[key] = left
-                if len(self._put_ended) >= 10_000:
-                    self._put_ended.clear()
-                self._put_ended[key] = time.monotonic()
+
+    def _put_started(self, key: tuple[str, str]) -> float:
+        """Count a put of ``key`` in flight, from before its values are serialised; returns its start time."""
+        with self._held_lock:
+            self._puts_in_flight[key] = self._puts_in_flight.get(key, 0) + 1
+        return time.monotonic()
+
+    def _put_done(self, key: tuple[str, str], started: float) -> None:
+        """The put of ``key`` that started at ``started`` is over (stored or failed): note when, and how long it took."""
+        now = time.monotonic()
+        with self._held_lock:
+            left = self._puts_in_flight.pop(key) - 1
+            if left:
+                self._puts_in_flight[key] = left
+            if len(self._put_ended) >= 10_000:
+                self._put_ended.clear()
+            self._put_ended[key] = (now, now - started)
+
+    def _put_is_coming(self, key: tuple[str, str]) -> bool:
+        """Whether a put of ``key`` is in flight or the last one ended lately (the caller holds ``_held_lock``).
+
+        LangGraph starts the next put of a thread as soon as the previous one has its answer, so
+        "lately" is a linger, or as long as that put took when longer: on a loaded machine the
+        thread that makes the next put waits as long to be scheduled as the last put waited.
+        """
+        if self._puts_in_flight.get(key):
+            return True
+        ended, took = self._put_ended.get(key, (-1e9, 0.0))
+        return time.monotonic() - ended <= max(self.writes_linger, took)
 
     def _hold(self, held: _HeldWrites) -> None:
         """Wait for a put to carry ``held``; send it alone when none came. Returns once it is stored."""
         key = held.key
         with self._held_lock:
             self._held.setdefault(key, []).append(held)
+        no_put_came = False
         for _ in range(_MAX_LINGER_ROUNDS):
             if held.event.wait(self.writes_linger):
                 break
             with self._held_lock:
                 # LangGraph chains its puts: one of them in flight, or one that just ended (the next
                 # follows at once), means the put that carries these writes is on its way.
-                if not self._puts_in_flight.get(key) and (
-                        time.monotonic() - self._put_ended.get(key, -1e9) > self.writes_linger):
+                if not self._put_is_coming(key):
+                    no_put_came = True
                     break
         if not held.taken:
             # No put came: send what the thread holds, in order (this one included).
             self._send_alone(self._take(lambda other: other == key))
         held.event.wait()  # taken by a put or a flush, which settles it whatever happens
-        self._lingered(key, held.carried)
+        self._lingered(key, held.carried, no_put_came)
         if held.error is not None:
             raise held.error
 
@@ -878,8 +909,14 @@ class RemoteCheckpointSaver(BaseCheckpointSaver[str]):
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
-        call, put = self._put_call(config, checkpoint, metadata, new_versions)
-        self._put_carrying(call, put)
+        configurable = config["configurable"]
+        key = (str(configurable["thread_id"]), str(configurable.get("checkpoint_ns", "")))
+        started = self._put_started(key)
+        try:
+            call, put = self._put_call(config, checkpoint, metadata, new_versions)
+            self._put_carrying(call, put)
+        finally:
+            self._put_done(key, started)
         return put.config()
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
