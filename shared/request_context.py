@@ -6,7 +6,12 @@ request's ``traceparent``; the queue processor from the command envelope; timers
 and the CLI as the system. Code that records a change reads :func:`current`.
 
 Outside any of them (a script using ``StorageManager``), :func:`current` is the
-system actor with source ``python``. The variable is per task and per thread, as
+system actor with source ``python``.
+
+Both are immutable (``ids`` is kept as a read-only copy), so each computes its
+change-record JSON once (:attr:`Actor.json_text`, :attr:`RequestContext.json_text`:
+checked as client JSON is, by :func:`shared.jsonvalues.json_text`) and every write
+of the same request reuses it. The variable is per task and per thread, as
 contextvars are; work handed to a thread pool must be run under
 ``contextvars.copy_context()`` (``anyio.to_thread`` and ``asyncio.to_thread`` do).
 """
@@ -18,7 +23,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from functools import cached_property
+from types import MappingProxyType
 from typing import Any, Literal
+
+from shared import jsonvalues
 
 ActorType = Literal["user", "agent", "system"]
 Source = Literal["http", "queue", "timer", "cli", "python"]
@@ -43,6 +52,11 @@ class Actor:
             document["roles"] = list(self.roles)
         return document
 
+    @cached_property
+    def json_text(self) -> str:
+        """:meth:`as_json` as compact JSON text, checked (InvalidInput) on first use and then kept."""
+        return jsonvalues.json_text(self.as_json(), "actor")
+
 
 SYSTEM = Actor("system", "stowage")
 
@@ -56,8 +70,12 @@ class RequestContext:
     #: W3C trace context of the request, when it carried a valid ``traceparent``.
     trace_id: str | None = None
     span_id: str | None = None
-    #: Ids the caller named (seed 002: workflow, session, agent, user), when known.
+    #: Ids the caller named (seed 002: workflow, session, agent, user), when known (a read-only copy).
     ids: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A read-only copy: the caller's dict changing later must not change this context (nor its json_text).
+        object.__setattr__(self, "ids", MappingProxyType(dict(self.ids)))
 
     def as_json(self) -> dict[str, Any]:
         """The context part of a change record (the actor goes separately)."""
@@ -67,6 +85,11 @@ class RequestContext:
             document["span_id"] = self.span_id
         document.update(self.ids)
         return document
+
+    @cached_property
+    def json_text(self) -> str:
+        """:meth:`as_json` as compact JSON text, checked (InvalidInput) on first use and then kept."""
+        return jsonvalues.json_text(self.as_json(), "request context")
 
     def with_ids(self, **ids: str | None) -> RequestContext:
         """This context with more correlation ids (None values are left out)."""

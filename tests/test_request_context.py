@@ -39,7 +39,7 @@ from shared.commands import CommandProcessor
 from shared.config import Settings
 from shared.domains import Job
 from shared.errors import AlreadyExists, InvalidInput, Unauthorized
-from shared.request_context import SYSTEM, RequestContext, acting_as, current
+from shared.request_context import SYSTEM, Actor, RequestContext, acting_as, current
 from shared.storage.changefeed import OUTBOX_PREFIX, Change, ChangeFeed
 from shared.stores import Stores
 
@@ -152,6 +152,27 @@ def test_run_storage_carries_the_context_into_the_pool(context, read):
     assert seen.run(current) is not mine
 
 
+def test_a_context_is_immutable_and_makes_its_record_json_once():
+    ids = {"session_id": "s1"}
+    actor = Actor("user", "u1", "Ada", ("ops",))
+    mine = RequestContext(actor=actor, source="http", ids=ids)
+    ids["session_id"], ids["user_id"] = "changed", "u2"  # the caller's dict changing later changes nothing
+    assert mine.ids == {"session_id": "s1"} and mine == RequestContext(actor=actor, source="http",
+                                                                       ids={"session_id": "s1"})
+    with pytest.raises(TypeError):
+        mine.ids["user_id"] = "u2"  # type: ignore[index]
+    assert json.loads(mine.json_text) == mine.as_json() == {"source": "http", "session_id": "s1"}
+    assert json.loads(actor.json_text) == actor.as_json() == {"type": "user", "id": "u1", "name": "Ada",
+                                                              "roles": ["ops"]}
+    assert mine.json_text is mine.json_text and actor.json_text is actor.json_text  # made once, then kept
+    assert json.loads(mine.with_ids(workflow_id="w").json_text) == {"source": "http", "session_id": "s1",
+                                                                   "workflow_id": "w"}
+    with pytest.raises(InvalidInput):
+        _ = Actor("user", "u\ud800").json_text  # a lone surrogate is not text any store keeps
+    with pytest.raises(InvalidInput):
+        _ = RequestContext(ids={"session_id": "s\udfff"}).json_text
+
+
 # --------------------------------------------------------------------------- queue, timer, outside
 
 
@@ -231,8 +252,9 @@ def test_key_creation_and_revocation_write_one_record_each_in_the_keys_batch(con
 class _FixedIdKeys(ApiKeyService):
     key_id = secrets.token_hex(8)
 
-    def _new_key_id(self) -> str:
-        return self.key_id
+    @staticmethod
+    def _new_key_id() -> str:
+        return _FixedIdKeys.key_id
 
 
 def test_a_failed_key_creation_leaves_no_record(context):

@@ -7,6 +7,15 @@ Writing (one call per change, in the domain's own atomic batch)::
         details={"version": version_id, "sha256": digest})))
     table.batch(ops)
 
+Services write through :class:`shared.storage.mutate.Outbox`, which passes the current
+:class:`~shared.request_context.RequestContext` as ``context``: a record without its own
+actor or context gets the request's, whose JSON the context checks and encodes once
+(:attr:`~shared.request_context.RequestContext.json_text`) for all its writes. Every
+field is checked before anything is written, whichever way it came: names against
+``[A-Za-z0-9._-]{1,64}``, ``target_id`` 1-1024 characters, ``actor``, ``context`` and
+``details`` as client JSON (:mod:`shared.jsonvalues`: no lone surrogates, bounded depth,
+finite numbers) within their byte limits (TooLarge, 413).
+
 Layout.
 
 * Outbox rows live in the changed partition of the domain's table, row key
@@ -94,6 +103,7 @@ import hashlib
 import heapq
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -103,8 +113,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shared.backends import Entity, Page, TableOp
-from shared.errors import Busy, InvalidInput, NotFound, PreconditionFailed
+from shared.errors import Busy, InvalidInput, NotFound, PreconditionFailed, TooLarge
 from shared.keys import check_tenant
+from shared.request_context import RequestContext
 from shared.storage.due import Budget, DueIndex
 from shared.storage.retry import DEFAULT_POLICY, RetryPolicy, conditional, retry_races
 from shared.storage.rows import json_field, json_value, stamped, stored_time
@@ -161,11 +172,27 @@ class FeedTable(OutboxTable, Protocol):
     def verify_continuation(self, partition_key: str, token: str, *, purpose: str) -> dict[str, Any]: ...
 
 
+_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NAME_CHARS}}}")
+
+
 def _name(value: object, what: str) -> str:
-    if (not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS
-            or not all(c.isascii() and (c.isalnum() or c in "._-") for c in value)):
+    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
         raise InvalidInput(f"{what} must be 1-{MAX_NAME_CHARS} ASCII letters, digits, '.', '_' or '-'")
     return value
+
+
+def _json_object(value: object, what: str) -> str:
+    """A record's own actor or context as stored (a JSON object): checked, InvalidInput or TooLarge."""
+    return json_field(dict(value) if isinstance(value, Mapping) else value, what, max_bytes=MAX_ACTOR_BYTES,
+                      require_object=True)
+
+
+def _sized(text: str, what: str) -> str:
+    """JSON text checked when it was made (a request context's), held to :data:`MAX_ACTOR_BYTES`."""
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if size > MAX_ACTOR_BYTES:
+        raise TooLarge(f"{what} is {size} bytes as JSON; the limit is {MAX_ACTOR_BYTES}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -317,7 +344,10 @@ class ChangeFeed:
 
     def hint(self, tenant: str, table_name: str, partition: str) -> None:
         """File the hint for ``partition`` of ``table_name`` unless this process did within ``grace / 2``."""
-        check_tenant(tenant)
+        self._hint(check_tenant(tenant), table_name, partition)
+
+    def _hint(self, tenant: str, table_name: str, partition: str) -> None:
+        """:meth:`hint` for a tenant already checked."""
         now = self._clock()
         key = (tenant, table_name, partition)
         if now - self._hinted.get(key, float("-inf")) < self.grace / 2:
@@ -330,19 +360,23 @@ class ChangeFeed:
                 self._hinted.clear()
         self._hinted[key] = now
 
-    def outbox_op(self, tenant: str, table_name: str, partition: str, record: ChangeRecord) -> TableOp:
+    def outbox_op(self, tenant: str, table_name: str, partition: str, record: ChangeRecord, *,
+                  context: RequestContext | None = None) -> TableOp:
         """File the hint (a write, before the change), then the outbox insert to add to the change's batch.
 
         Call it right before writing the batch (on each attempt of a retried write is
         fine: the hint is cached and each attempt's row is new). Bad fields are
         InvalidInput, oversized actor or details TooLarge, before anything is written.
+        With ``context``, a record without an actor or context gets the context's
+        (:attr:`RequestContext.json_text`: checked and encoded once per context).
         """
-        entity = self._outbox_entity(tenant, partition, record)
-        self.hint(tenant, _name(table_name, "table name"), partition)
+        check_tenant(tenant)
+        entity = self._outbox_entity(tenant, partition, record, context)
+        self._hint(tenant, _name(table_name, "table name"), partition)
         return TableOp.insert(entity)
 
-    def _outbox_entity(self, tenant: str, partition: str, record: ChangeRecord) -> Entity:
-        check_tenant(tenant)
+    def _outbox_entity(self, tenant: str, partition: str, record: ChangeRecord,
+                       context: RequestContext | None) -> Entity:
         if not isinstance(record, ChangeRecord):
             raise InvalidInput("expected a ChangeRecord")
         target_id = record.target_id
@@ -350,20 +384,25 @@ class ChangeFeed:
             raise InvalidInput(f"target_id must be 1-{MAX_TARGET_ID_CHARS} characters")
         if not isinstance(record.audited, bool):
             raise InvalidInput("audited must be true or false")
+        if record.actor or context is None:
+            actor = _json_object(record.actor, "actor")
+        else:
+            actor = _sized(context.actor.json_text, "actor")
+        if record.context:
+            context_text: str | None = _json_object(record.context, "context")
+        else:
+            context_text = None if context is None else _sized(context.json_text, "context")
         properties: dict[str, Any] = {
             "tenant": tenant,
             "domain": _name(record.domain, "domain"),
             "op": _name(record.op, "op"),
             "target_type": _name(record.target_type, "target_type"),
             "target_id": target_id,
-            "actor": json_field(dict(record.actor) if isinstance(record.actor, Mapping) else record.actor,
-                                "actor", max_bytes=MAX_ACTOR_BYTES, require_object=True),
+            "actor": actor,
             "audited": record.audited,
         }
-        if record.context:
-            properties["context"] = json_field(
-                dict(record.context) if isinstance(record.context, Mapping) else record.context,
-                "context", max_bytes=MAX_ACTOR_BYTES, require_object=True)
+        if context_text is not None:
+            properties["context"] = context_text
         if record.details is not None:
             properties["details"] = json_field(record.details, "details", max_bytes=MAX_DETAILS_BYTES)
         now = self._clock()

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from shared import request_context
@@ -113,14 +113,12 @@ class Outbox:
         """The outbox insert of ``record`` for the batch that changes ``partition`` (none without a record).
 
         Files the feed's hint first (a write); the actor and context, unless the record
-        names them, are :func:`shared.request_context.current`'s now.
+        names them, are :func:`shared.request_context.current`'s now (its JSON is
+        made once per request context, not per write).
         """
         if self.feed is None or record is None:
             return []
-        context = request_context.current()
-        record = replace(record, actor=record.actor or context.actor.as_json(),
-                         context=record.context or context.as_json())
-        return [self.feed.outbox_op(self.tenant, self.table, partition, record)]
+        return [self.feed.outbox_op(self.tenant, self.table, partition, record, context=request_context.current())]
 
 
 #: A mutation's change record: given, or made from the result (None: no record).

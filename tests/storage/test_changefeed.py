@@ -12,6 +12,7 @@ import pytest
 
 from shared.backends import Backend, Entity, Page, TableOp, TableStore
 from shared.errors import AlreadyExists, InvalidInput, TooLarge
+from shared.request_context import Actor, RequestContext
 from shared.storage.changefeed import (
     DEDUPE_PREFIX,
     MAX_RECORDS_PER_BATCH,
@@ -81,6 +82,9 @@ class CrashingTable:
     def query(self, partition_key: str, **kwargs: Any) -> Page[Entity]:
         self._count("query")
         return self._inner.query(partition_key, **kwargs)
+
+    def scan(self, **kwargs: Any) -> Page[Entity]:
+        return self._inner.scan(**kwargs)
 
     def delete(self, partition_key: str, row_key: str, *, if_match: str | None = None) -> None:
         self._count("delete")
@@ -257,11 +261,57 @@ def test_a_page_token_works_only_for_its_own_tenant(feed_table, domain_table) ->
     lambda f: f.outbox_op("a", "t", "a|p", _record(1, target_id="")),
     lambda f: f.outbox_op("a", "t", "a|p", _record(1, audited="yes")),
     lambda f: f.outbox_op("a", "t", "a|p", _record(1, details=float("nan"))),
+    # names: exactly 1-64 of A-Z a-z 0-9 . _ - (no trailing newline, no non-ASCII letter or digit)
+    lambda f: f.outbox_op("a", "t", "a|p", _record(1, op="put\n")),
+    lambda f: f.outbox_op("a", "t", "a|p", _record(1, op="p" * 65)),
+    lambda f: f.outbox_op("a", "t", "a|p", _record(1, target_type="obj\u00e9ct")),
+    lambda f: f.outbox_op("a", "t", "a|p", _record(1, domain="\u0663")),  # an Arabic-Indic digit
+    lambda f: f.outbox_op("a", "t", "a|p", _record(1, domain="")),
+    lambda f: f.outbox_op("a", "t\n", "a|p", _record(1)),
+    lambda f: f.outbox_op("a", "t", "a|p", _record(1, actor={}), context=RequestContext(Actor("user", "\ud800"))),
+    lambda f: f.outbox_op("a", "t", "a|p", _record(1, context={}),
+                          context=RequestContext(ids={"session_id": "s\udfff"})),
 ])
 def test_bad_input_is_refused_before_anything_is_written(feed_table, call) -> None:
     feed = ChangeFeed(feed_table, clock=Clock())
     with pytest.raises(InvalidInput):
         call(feed)
+    assert feed.status("a").hinted_partitions == 0
+
+
+def test_names_of_up_to_64_allowed_characters_are_accepted(feed_table, domain_table) -> None:
+    feed = ChangeFeed(feed_table, {domain_table.name: domain_table}, clock=Clock())
+    name = "Az09._-" + "x" * 57
+    domain_table.batch([feed.outbox_op("a", domain_table.name, "a|p", _record(1, domain=name, op="a", target_type="Z"))])
+    feed.sequence(budget=_budget())
+    [change] = feed.changes("a").items
+    assert (change.domain, change.op, change.target_type) == (name, "a", "Z")
+
+
+def test_the_request_context_fills_in_what_the_record_leaves_out(feed_table, domain_table) -> None:
+    feed = ChangeFeed(feed_table, {domain_table.name: domain_table}, clock=Clock())
+    context = RequestContext(Actor("user", "u9", "Ad\u00e4", ("ops",)), source="http", trace_id="a" * 32,
+                             span_id="b" * 16, ids={"session_id": "s1"})
+    domain_table.batch([
+        feed.outbox_op("a", domain_table.name, "a|p", _record(1, actor={}), context=context),
+        feed.outbox_op("a", domain_table.name, "a|p", _record(2, context={"job": "j1"}), context=context),
+        feed.outbox_op("a", domain_table.name, "a|p", _record(3, actor={}, context={})),
+    ])
+    feed.sequence(budget=_budget())
+    first, second, third = feed.changes("a").items
+    from_context = {"source": "http", "trace_id": "a" * 32, "span_id": "b" * 16, "session_id": "s1"}
+    assert first.actor == {"type": "user", "id": "u9", "name": "Ad\u00e4", "roles": ["ops"]}
+    assert first.context == from_context
+    assert second.actor == {"type": "user", "id": "u1"} and second.context == {"job": "j1"}  # the record's own
+    assert third.actor == {} and third.context == {}  # no request context given: only what the record says
+
+
+def test_an_oversized_request_context_is_too_large_before_anything_is_written(feed_table) -> None:
+    feed = ChangeFeed(feed_table, clock=Clock())
+    with pytest.raises(TooLarge):
+        feed.outbox_op("a", "t", "a|p", _record(1, actor={}), context=RequestContext(Actor("user", "u", "\u00e9" * 1100)))
+    with pytest.raises(TooLarge):
+        feed.outbox_op("a", "t", "a|p", _record(1), context=RequestContext(ids={"k": "v" * 2100}))
     assert feed.status("a").hinted_partitions == 0
 
 
@@ -479,10 +529,10 @@ def test_eight_writers_and_two_sequencers_give_a_gapless_feed_with_every_record_
     for thread in [*writer_threads, *sequencers]:
         thread.start()
     for thread in writer_threads:
-        thread.join(120)
+        thread.join(600)  # a guard against a hang only: a machine under load can take minutes
     writers_done.set()
     for thread in sequencers:
-        thread.join(120)
+        thread.join(600)
     assert not errors, errors
     assert not any(t.is_alive() for t in [*writer_threads, *sequencers])
     reader = ChangeFeed(feed_table)
