@@ -153,6 +153,11 @@ def _read_or_make_secret(path: Path) -> bytes:
             os.unlink(draft)
 
 
+def _where(table: str, entity: Entity) -> str:
+    """How an error names an entity (made only when raising: most operations succeed)."""
+    return f"entity ({entity.partition_key!r}, {entity.row_key!r}) in table {table!r}"
+
+
 def _new_etag() -> str:
     return os.urandom(12).hex()
 
@@ -391,7 +396,6 @@ class LocalTableStore(TableStore):
     def _apply(self, conn: sqlite3.Connection, kind: OpKind, entity: Entity, if_match: str | None) -> str | None:
         """One operation inside an open transaction; raises without writing when it cannot apply."""
         keys = (self.name, entity.partition_key, entity.row_key)
-        where = f"entity ({entity.partition_key!r}, {entity.row_key!r}) in table {self.name!r}"
         etag: str | None
         if kind is OpKind.INSERT:
             etag = _new_etag()
@@ -400,7 +404,7 @@ class LocalTableStore(TableStore):
                     "INSERT INTO entities VALUES (?,?,?,?,?)", (*keys, _encode_properties(entity.properties), etag)
                 )
             except sqlite3.IntegrityError as exc:
-                raise AlreadyExists(f"{where} already exists") from exc
+                raise AlreadyExists(f"{_where(self.name, entity)} already exists") from exc
             return etag
         if kind is OpKind.UPSERT:
             etag = _new_etag()
@@ -424,8 +428,8 @@ class LocalTableStore(TableStore):
         if changed == 0:
             exists = conn.execute("SELECT 1 FROM entities WHERE tbl=? AND pk=? AND rk=?", keys).fetchone()
             if exists is None:
-                raise NotFound(f"{where} does not exist")
-            raise PreconditionFailed(f"{where} has changed (ETag mismatch)")
+                raise NotFound(f"{_where(self.name, entity)} does not exist")
+            raise PreconditionFailed(f"{_where(self.name, entity)} has changed (ETag mismatch)")
         return etag
 
     def _write(self, kind: OpKind, entity: Entity, if_match: str | None) -> str:

@@ -371,6 +371,15 @@ class OffloadingTable:
     def _pack(self, entity: Entity) -> tuple[Entity, list[str]]:
         """The entity as stored, and the references of the blobs written for it."""
         properties: dict[str, PropertyValue] = {k: v for k, v in entity.properties.items() if v is not None}
+        # The common case in one pass: every value inline and the entity within budget.
+        total = largest = 0
+        for name, value in properties.items():
+            size = property_size(value)
+            total += len(name) * 2 + size
+            if size > largest:
+                largest = size
+        if largest <= self.threshold and total <= _ENTITY_BUDGET:
+            return Entity(entity.partition_key, entity.row_key, properties, entity.etag), []
         sizes = {name: property_size(value) for name, value in properties.items()}
         big = [name for name, size in sizes.items() if size > self.threshold]
         total = sum(len(name) * 2 + size for name, size in sizes.items())
@@ -572,7 +581,7 @@ class OffloadingTable:
                     old.extend(self._replaced_refs(op.entity, op.if_match))
                 stored, refs = self._pack(op.entity)
                 written.extend(refs)
-                stored_ops.append(replace(op, entity=stored))
+                stored_ops.append(TableOp(op.kind, stored, op.if_match))
             etags = self.table.batch(stored_ops)
         except BaseException:
             self._side.discard(written)
