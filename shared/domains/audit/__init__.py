@@ -1,7 +1,7 @@
 """Audit: each tenant's audited changes as a signed, tamper-evident log, and the change feed's readers.
 
 models (results, categories), _layout (keys, the entry JSON, row codecs),
-service (sequencing, erasure, readers, verification), commands (``audit.sequence``),
+service (sequencing, erasure, readers, verification),
 jobs (the sequencer timer).
 """
 

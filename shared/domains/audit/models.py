@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shared.command_ops import CommandPayload
-
 #: Most changes examined per log append (one entry bundle's worth).
 APPEND_BATCH = 256
 #: Most entries one listing page returns.
@@ -207,7 +205,3 @@ class AuditVerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-class AuditSequencePayload(CommandPayload):
-    """``audit.sequence``: no fields; the envelope names the tenant whose pending changes to sequence now."""

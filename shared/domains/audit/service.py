@@ -36,8 +36,7 @@ create-only, under ``audit/<tenant>/anchor/<10**20 - 1 - size>`` (the tlog's
 Anchoring: one immutable key per size, newest first in key order, nothing mutable).
 Before it appends anything, a run that holds the tenant's lease anchors the log's
 current checkpoint (idempotent), so a crash between a commit and its anchor write
-heals at the next run that visits the tenant (its next change, a lagging mark, or
-an ``audit.sequence`` command); an anchor at that size with another root means the
+heals at the next run that visits the tenant (its next change or a lagging mark); an anchor at that size with another root means the
 log was rewritten: the tenant is reported failed and nothing is appended on top.
 :meth:`AuditService.verify` checks every anchored checkpoint: its signature, and
 that the log extends it (not shorter, same root over its entries), so a log

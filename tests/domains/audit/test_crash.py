@@ -142,8 +142,6 @@ CASES = {
     # Create-only first checkpoint; recovery writes the very same bundle and tile again (kept as they are).
     "checkpoint-first-append": Crash("checkpoint", 1, before=0, during=6, about_to_write="checkpoint"),
     "after-checkpoint": _small("after-checkpoint", 1, committed=4),
-    # A full bundle and a full tile written beyond the signed size; recovery finds them there.
-    "large-level-1-tile-write": _large("log-write", 5, about_to_write=tile_path(1, 0, 1)),
     # The first append of the run committed (across the first tile boundary), the second did not.
     "large-second-checkpoint": _large("checkpoint", 2, about_to_write="checkpoint", committed=255),
 }

@@ -610,31 +610,6 @@ def test_a_filtered_page_stops_after_the_scan_bound_and_its_continuation_resumes
     assert pages() == [list(range(1, 6)), list(range(6, 11)), [11, 12]]  # unfiltered pages obey it too
 
 
-# --------------------------------------------------------------------------- the audit.sequence queue op
-
-
-def test_the_sequence_command_sequences_the_tenant_now_and_a_redelivery_changes_nothing(stores: Stores) -> None:
-    from shared.commands import CommandProcessor
-
-    service, tenant, other = AuditService(stores), _tenant(), _tenant()
-    for i in range(3):
-        _record(service, tenant, f"q{i}")
-    _record(service, other, "not-asked")
-    processor = CommandProcessor(stores)
-    body = json.dumps({"version": 1, "op": "audit.sequence", "tenant": tenant,
-                       "idempotency_key": uuid.uuid4().hex, "payload": {}})
-    outcome = processor.process(body)
-    assert outcome.status == "applied" and "3 changes sequenced, 3 entries appended" in outcome.detail, outcome
-    assert [e.target["id"] for e in _all_entries(service, tenant)] == ["q0", "q1", "q2"]
-    assert service.status(other).pending == 1 and service.status(other).log_size == 0  # only the envelope's tenant
-    again = processor.process(body, dequeue_count=2)
-    assert again.status == "applied" and "0 changes sequenced, 0 entries appended" in again.detail, again
-    assert service.status(tenant).log_size == 3
-    bad = json.dumps({"version": 1, "op": "audit.sequence", "tenant": tenant,
-                      "idempotency_key": uuid.uuid4().hex, "payload": {"tenant": other}})
-    assert processor.process(bad).status == "poisoned"  # the payload is empty: no other tenant can be named
-
-
 # --------------------------------------------------------------------------- anchoring
 
 
