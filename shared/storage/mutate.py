@@ -120,6 +120,13 @@ class Outbox:
             return []
         return [self.feed.outbox_op(self.tenant, self.table, partition, record, context=request_context.current())]
 
+    def record_alone(self, rows: Rows, partition: str, record: ChangeRecord) -> None:
+        """Write ``record`` on its own into ``partition`` of ``rows``: for an event that changes nothing
+        there to batch it with (an audited read). Errors propagate, so the caller fails closed."""
+        ops = self.ops(partition, record)
+        if ops:  # none when the stores record nothing (the outbox benchmark's baseline)
+            write(rows, ops)
+
 
 #: A mutation's change record: given, or made from the result (None: no record).
 RecordOf = ChangeRecord | Callable[[R], ChangeRecord | None]

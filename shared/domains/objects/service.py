@@ -104,7 +104,7 @@ from shared.keys import check_path_key, check_tenant, key_part_prefix
 from shared.storage.changefeed import ChangeRecord
 from shared.storage.due import Budget, DueEntry, DueIndex
 from shared.storage.idempotency import Idempotency, lookup
-from shared.storage.mutate import Change, Codec, Outbox, Outcome, find, mutate, write
+from shared.storage.mutate import Change, Codec, Outbox, Outcome, find, mutate
 from shared.storage.retry import LostRace, conditional
 from shared.stores import Stores
 
@@ -436,16 +436,10 @@ class ObjectService:
             data = self._content_of(str(entity["blob"]))
         content = bytes(data)
         if self.audit_reads:
-            self._record_read(tenant, self._record("objects.read", key, {
+            self._outbox(tenant).record_alone(self._table, tenant, self._record("objects.read", key, {
                 "version_id": info.version_id, "size": len(content),
                 "sha256": hashlib.sha256(content).hexdigest()}))
         return StoredObject(info, content)
-
-    def _record_read(self, tenant: str, record: ChangeRecord) -> None:
-        """Write a read's record on its own (a read changes nothing to batch it with)."""
-        ops = self._outbox(tenant).ops(tenant, record)
-        if ops:  # none when the stores record nothing (the outbox benchmark's baseline)
-            write(self._table, ops)
 
     def _content_of(self, blob_key: str) -> bytes:
         """A version's content blob, from the read cache when there; call only after reading its row."""

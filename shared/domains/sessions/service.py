@@ -104,7 +104,7 @@ from shared.keys import check_id, check_tenant
 from shared.storage.changefeed import ChangeRecord, canonical_digest
 from shared.storage.due import Budget, DueEntry, DueIndex
 from shared.storage.idempotency import Idempotency, IdempotencyKeyReused, lookup
-from shared.storage.mutate import Change, Codec, Outcome, RecordOf, find, mutate, write
+from shared.storage.mutate import Change, Codec, Outcome, RecordOf, find, mutate
 from shared.storage.retry import RetryPolicy
 from shared.storage.rows import json_field, stored_time
 from shared.stores import Stores
@@ -535,10 +535,8 @@ class SessionService:
             text = row.context_json or "{}"
             record = self._record("sessions.read_context", session_id, {
                 "version": row.version, "size": row.size, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()})
-            pk = session_pk(tenant, session_id)
-            ops = self._stores.outbox(tenant, names.TABLE_SESSIONS).ops(pk, record)
-            if ops:  # a read changes nothing to batch its record with; none when the stores record nothing
-                write(self._table, ops)
+            self._stores.outbox(tenant, names.TABLE_SESSIONS).record_alone(
+                self._table, session_pk(tenant, session_id), record)
         return row.result(session_id)
 
     def _context_row(self, tenant: str, session_id: str) -> ContextRow:

@@ -279,9 +279,7 @@ class WorkflowService:
             record = change_record("workflows", "workflows.read_context", "workflow", workflow_id, {
                 "status": str(entity["status"]), "seq": layout.seq_of(entity.properties),
                 "context_sha256": hashlib.sha256(context.encode("utf-8")).hexdigest()})
-            ops = self._stores.outbox(tenant, names.TABLE_WORKFLOWS).ops(pk, record)
-            if ops:  # a read changes nothing to batch its record with; none when the stores record nothing
-                write(self._table, ops)
+            self._stores.outbox(tenant, names.TABLE_WORKFLOWS).record_alone(self._table, pk, record)
         return layout.workflow_of(entity.properties, context)
 
     # -- the one way a workflow changes
